@@ -1,0 +1,350 @@
+"""``FactoredRecurrentActorCritic`` in flax.linen, layer for layer as esper-lite 0872525b (policy.md §5).
+
+Layout mirrors ``reference_torch/network.py``: blueprint embedding → feature net (Linear → LayerNorm → ReLU) →
+LSTM (torch gate order i, f, g, o; two bias vectors) → LayerNorm on the output sequence → eight policy heads and
+the op-conditioned critic Q(s, op). Kernels are stored [in, out] (torch weights transposed); the LSTM keeps
+``bias_ih`` and ``bias_hh`` as separate parameters so an optimiser update touches them exactly as torch does.
+
+Shapes: every input has arbitrary leading batch axes followed by the time axis, ``features [..., T, D]``,
+``blueprint_indices [..., T, S]``; the carry is ``LSTMCarry(h, c)`` with ``[..., L, H]`` (batch axes leading,
+unlike torch's ``[L, B, H]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from esper_jax.contracts import (
+    BLUEPRINT_NULL_INDEX,
+    DEFAULT_BLUEPRINT_EMBED_DIM,
+    HEAD_NAMES,
+    NUM_BLUEPRINTS,
+    NUM_OPS,
+    PerHead,
+    feature_size,
+    head_sizes,
+)
+from esper_jax.distributions import is_concrete
+
+__all__ = [
+    "NetworkConfig",
+    "LSTMCarry",
+    "TrunkOutput",
+    "FactoredRecurrentActorCritic",
+    "TorchLSTM",
+    "validate_inputs",
+    "embedding_indices",
+    "param_count",
+]
+
+DEFAULT_FEATURE_DIM = 512
+DEFAULT_HIDDEN_DIM = 512
+LAYER_NORM_EPS = 1e-5  # torch default; Flax's is 1e-6
+POLICY_HEAD_LAST_GAIN = 0.01
+VALUE_HEAD_LAST_GAIN = 1.0
+HIDDEN_GAIN = math.sqrt(2.0)
+EMBEDDING_STD = 0.02
+FORGET_BIAS = 1.0  # in each of bias_ih and bias_hh: effective 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+    """Static network shape. Hashable, so it can be a static argument of ``jax.jit``.
+
+    ``feature_dim`` is the width of the feature net (upstream's network ``feature_dim``, 512), not the
+    observation width, which is derived: ``state_dim = feature_size(num_slots)``.
+    """
+
+    num_slots: int = 3
+    feature_dim: int = DEFAULT_FEATURE_DIM
+    hidden_dim: int = DEFAULT_HIDDEN_DIM
+    lstm_layers: int = 1
+    blueprint_embed_dim: int = DEFAULT_BLUEPRINT_EMBED_DIM
+    dtype: Any = jnp.float32
+
+    def __post_init__(self) -> None:
+        for name in ("num_slots", "feature_dim", "hidden_dim", "lstm_layers", "blueprint_embed_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"NetworkConfig.{name} must be an integer >= 1, got {value!r}")
+        if self.hidden_dim % 2:
+            raise ValueError(f"NetworkConfig.hidden_dim must be even (heads use hidden_dim // 2), got {self.hidden_dim}")
+        # Normalise to a numpy scalar type so float32 given as jnp.float32, np.float32 or "float32" hash alike.
+        object.__setattr__(self, "dtype", np.dtype(self.dtype).type)
+
+    @property
+    def state_dim(self) -> int:
+        """Observation width D = 24 + 30·S."""
+        return feature_size(self.num_slots)
+
+    @property
+    def input_dim(self) -> int:
+        """Feature-net input width D + embed_dim·S."""
+        return self.state_dim + self.blueprint_embed_dim * self.num_slots
+
+    @property
+    def head_hidden_dim(self) -> int:
+        return self.hidden_dim // 2
+
+    @property
+    def head_sizes(self) -> dict[str, int]:
+        return head_sizes(self.num_slots)
+
+
+@struct.dataclass
+class LSTMCarry:
+    """LSTM state, each ``[..., L, H]`` with the batch axes leading. Torch's hidden tuple is (h, c) too."""
+
+    h: jax.Array
+    c: jax.Array
+
+
+@struct.dataclass
+class TrunkOutput:
+    """What one pass of the trunk and the eight heads gives.
+
+    ``logits`` are raw (unmasked) ``[..., T, n]``; ``lstm_out`` is the LayerNormed LSTM output ``[..., T, H]``;
+    ``carry`` the raw (h_T, c_T); ``index_error [..., T]`` is True where a blueprint index was >= 14 (looked up
+    as the null row instead, never an arbitrary row).
+    """
+
+    logits: PerHead
+    lstm_out: jax.Array
+    carry: LSTMCarry
+    index_error: jax.Array
+
+
+def embedding_indices(blueprint_indices: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Map every negative index to the null row 13 (upstream); also route indices >= 14 there and flag them."""
+    idx = jnp.asarray(blueprint_indices).astype(jnp.int32)
+    out_of_range = idx > BLUEPRINT_NULL_INDEX
+    safe = jnp.where((idx < 0) | out_of_range, BLUEPRINT_NULL_INDEX, idx)
+    return safe, out_of_range
+
+
+def validate_inputs(config: NetworkConfig, features: Any, blueprint_indices: Any, *, time_axis: bool) -> None:
+    """Shape checks (always; shapes are static under jit) and a value check of concrete blueprint indices.
+
+    ``time_axis`` says whether inputs carry a T axis before the last one ([..., T, D]) or not ([..., D]).
+    """
+    features_shape = tuple(np.shape(features))
+    indices_shape = tuple(np.shape(blueprint_indices))
+    lead = "[..., T, " if time_axis else "[..., "
+    min_rank = 2 if time_axis else 1
+    if len(features_shape) < min_rank or features_shape[-1] != config.state_dim:
+        raise ValueError(
+            f"features must have shape {lead}{config.state_dim}] (state_dim = 24 + 30·{config.num_slots}), "
+            f"got {features_shape}"
+        )
+    if len(indices_shape) < min_rank or indices_shape[-1] != config.num_slots:
+        raise ValueError(
+            f"blueprint_indices must have shape {lead}{config.num_slots}] (one index per slot), got {indices_shape}"
+        )
+    if features_shape[:-1] != indices_shape[:-1]:
+        raise ValueError(
+            f"features {features_shape} and blueprint_indices {indices_shape} must share their leading axes"
+        )
+    if not jnp.issubdtype(jnp.result_type(blueprint_indices), jnp.integer):
+        raise ValueError(f"blueprint_indices must be integers, got dtype {jnp.result_type(blueprint_indices)}")
+    if is_concrete(blueprint_indices):
+        values = np.asarray(blueprint_indices)
+        bad = values > BLUEPRINT_NULL_INDEX
+        if bad.any():
+            raise ValueError(
+                f"blueprint_indices must be < {NUM_BLUEPRINTS + 1} (0..{NUM_BLUEPRINTS - 1} blueprints, "
+                f"{BLUEPRINT_NULL_INDEX} or any negative value for 'no seed'); got {int(values.max())} in "
+                f"{int(bad.sum())} entr{'y' if bad.sum() == 1 else 'ies'}"
+            )
+
+
+def _dense(features: int, gain: float, dtype: Any, name: str) -> nn.Dense:
+    return nn.Dense(
+        features,
+        kernel_init=nn.initializers.orthogonal(scale=gain),
+        bias_init=nn.initializers.zeros,
+        dtype=dtype,
+        param_dtype=dtype,
+        name=name,
+    )
+
+
+def _layer_norm(dtype: Any, name: str | None = None) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=LAYER_NORM_EPS, use_fast_variance=False, dtype=dtype, param_dtype=dtype, name=name)
+
+
+class MLPHead(nn.Module):
+    """Linear → ReLU → … → Linear. Layer names ``l0, l2, l4`` are torch's ``nn.Sequential`` indices."""
+
+    widths: tuple[int, ...]
+    last_gain: float
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        last = len(self.widths) - 1
+        for i, width in enumerate(self.widths):
+            x = _dense(width, self.last_gain if i == last else HIDDEN_GAIN, self.dtype, f"l{2 * i}")(x)
+            if i != last:
+                x = nn.relu(x)
+        return x
+
+
+class FeatureNet(nn.Module):
+    """Linear(D + 4S → F) → LayerNorm → ReLU (torch ``feature_net.0`` / ``feature_net.1``)."""
+
+    features: int
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = _dense(self.features, HIDDEN_GAIN, self.dtype, "l0")(x)
+        return nn.relu(_layer_norm(self.dtype, "l1")(x))
+
+
+def _forget_bias_init(hidden: int):
+    def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+        del key
+        return jnp.zeros(shape, dtype).at[hidden : 2 * hidden].set(FORGET_BIAS)
+
+    return init
+
+
+class TorchLSTM(nn.Module):
+    """Stacked unidirectional LSTM with torch's parameterisation.
+
+    Per layer: ``kernel_ih [in, 4H]`` and ``kernel_hh [H, 4H]`` (torch ``weight_*_l{k}`` transposed) and two biases
+    ``bias_ih``/``bias_hh`` [4H]; gate blocks (i, f, g, o). The input projection of all T steps is one matmul
+    (torch's CPU kernel precomputes it the same way); only the recurrence runs in ``lax.scan``.
+    """
+
+    hidden: int
+    layers: int
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array, carry: LSTMCarry) -> tuple[jax.Array, LSTMCarry]:
+        h_out, c_out = [], []
+        for layer in range(self.layers):
+            kernel_ih = self.param(
+                f"kernel_ih_l{layer}", nn.initializers.orthogonal(), (x.shape[-1], 4 * self.hidden), self.dtype
+            )
+            kernel_hh = self.param(
+                f"kernel_hh_l{layer}", nn.initializers.orthogonal(), (self.hidden, 4 * self.hidden), self.dtype
+            )
+            bias_ih = self.param(f"bias_ih_l{layer}", _forget_bias_init(self.hidden), (4 * self.hidden,), self.dtype)
+            bias_hh = self.param(f"bias_hh_l{layer}", _forget_bias_init(self.hidden), (4 * self.hidden,), self.dtype)
+            x, (h_t, c_t) = _lstm_layer(
+                x.astype(self.dtype),
+                (carry.h[..., layer, :], carry.c[..., layer, :]),
+                kernel_ih,
+                kernel_hh,
+                bias_ih,
+                bias_hh,
+            )
+            h_out.append(h_t)
+            c_out.append(c_t)
+        return x, LSTMCarry(h=jnp.stack(h_out, axis=-2), c=jnp.stack(c_out, axis=-2))
+
+
+def _lstm_layer(
+    x: jax.Array,
+    hc: tuple[jax.Array, jax.Array],
+    kernel_ih: jax.Array,
+    kernel_hh: jax.Array,
+    bias_ih: jax.Array,
+    bias_hh: jax.Array,
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """One layer over ``x [..., T, in]`` from ``hc`` ([..., H] each); returns ([..., T, H], (h_T, c_T))."""
+    hidden = kernel_hh.shape[0]
+    input_gates = jnp.moveaxis(x @ kernel_ih + bias_ih, -2, 0)  # [T, ..., 4H]
+
+    def step(state, gates_x):
+        h, c = state
+        gates = (h @ kernel_hh + bias_hh) + gates_x  # torch: linear_hh(hx).add_(precomputed input)
+        i = jax.nn.sigmoid(gates[..., :hidden])
+        f = jax.nn.sigmoid(gates[..., hidden : 2 * hidden])
+        g = jnp.tanh(gates[..., 2 * hidden : 3 * hidden])
+        o = jax.nn.sigmoid(gates[..., 3 * hidden :])
+        c = f * c + i * g
+        h = o * jnp.tanh(c)
+        return (h, c), h
+
+    (h_t, c_t), ys = jax.lax.scan(step, (hc[0].astype(x.dtype), hc[1].astype(x.dtype)), input_gates)
+    return jnp.moveaxis(ys, 0, -2), (h_t, c_t)
+
+
+class BlueprintEmbedding(nn.Module):
+    """Table [14, E] ~ N(0, 0.02²); row 13 is the trainable null row for empty slots (torch ``_null_idx``)."""
+
+    embed_dim: int
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, blueprint_indices: jax.Array) -> tuple[jax.Array, jax.Array]:
+        table = self.param(
+            "embedding", nn.initializers.normal(stddev=EMBEDDING_STD), (NUM_BLUEPRINTS + 1, self.embed_dim), self.dtype
+        )
+        safe, out_of_range = embedding_indices(blueprint_indices)
+        return jnp.take(table, safe, axis=0), out_of_range
+
+
+class FactoredRecurrentActorCritic(nn.Module):
+    """The Tamiyo actor-critic. ``trunk`` gives the raw logits of the eight heads and the LSTM output;
+    ``q_value`` gives Q(s, op) from that output. ``__call__`` runs both (used by ``init``)."""
+
+    config: NetworkConfig
+
+    def setup(self) -> None:
+        cfg = self.config
+        dt = cfg.dtype
+        h, hh = cfg.hidden_dim, cfg.head_hidden_dim
+        sizes = cfg.head_sizes
+        self.blueprint_embedding = BlueprintEmbedding(cfg.blueprint_embed_dim, dt)
+        self.feature_net = FeatureNet(cfg.feature_dim, dt)
+        self.lstm = TorchLSTM(h, cfg.lstm_layers, dt)
+        self.lstm_ln = _layer_norm(dt)
+        self.slot_head = MLPHead((hh, sizes["slot"]), POLICY_HEAD_LAST_GAIN, dt)
+        self.blueprint_head = MLPHead((h, hh, sizes["blueprint"]), POLICY_HEAD_LAST_GAIN, dt)
+        self.style_head = MLPHead((hh, sizes["style"]), POLICY_HEAD_LAST_GAIN, dt)
+        self.tempo_head = MLPHead((hh, sizes["tempo"]), POLICY_HEAD_LAST_GAIN, dt)
+        self.alpha_target_head = MLPHead((hh, sizes["alpha_target"]), POLICY_HEAD_LAST_GAIN, dt)
+        self.alpha_speed_head = MLPHead((hh, sizes["alpha_speed"]), POLICY_HEAD_LAST_GAIN, dt)
+        self.alpha_curve_head = MLPHead((hh, sizes["alpha_curve"]), POLICY_HEAD_LAST_GAIN, dt)
+        self.op_head = MLPHead((hh, sizes["op"]), POLICY_HEAD_LAST_GAIN, dt)
+        self.value_head = MLPHead((hh, 1), VALUE_HEAD_LAST_GAIN, dt)
+
+    def trunk(self, features: jax.Array, blueprint_indices: jax.Array, carry: LSTMCarry) -> TrunkOutput:
+        """``features [..., T, D]``, ``blueprint_indices [..., T, S]``, ``carry [..., L, H]`` → TrunkOutput."""
+        cfg = self.config
+        validate_inputs(cfg, features, blueprint_indices, time_axis=True)
+        emb, out_of_range = self.blueprint_embedding(blueprint_indices)  # [..., T, S, E]
+        emb_flat = emb.reshape(*emb.shape[:-2], cfg.num_slots * cfg.blueprint_embed_dim)  # slot-major
+        x = jnp.concatenate([jnp.asarray(features, cfg.dtype), emb_flat.astype(cfg.dtype)], axis=-1)
+        y, new_carry = self.lstm(self.feature_net(x), carry)
+        z = self.lstm_ln(y)
+        logits = PerHead(**{name: getattr(self, f"{name}_head")(z) for name in HEAD_NAMES})
+        return TrunkOutput(logits=logits, lstm_out=z, carry=new_carry, index_error=jnp.any(out_of_range, axis=-1))
+
+    def q_value(self, lstm_out: jax.Array, op: jax.Array) -> jax.Array:
+        """Q(s, op) = value_head(lstm_out ‖ one_hot(op, 6)), squeezed: ``[..., H]``, ``[...]`` → ``[...]``."""
+        one_hot = jax.nn.one_hot(op, NUM_OPS, dtype=lstm_out.dtype)
+        return self.value_head(jnp.concatenate([lstm_out, one_hot], axis=-1))[..., 0]
+
+    def __call__(
+        self, features: jax.Array, blueprint_indices: jax.Array, carry: LSTMCarry, op: jax.Array
+    ) -> tuple[TrunkOutput, jax.Array]:
+        out = self.trunk(features, blueprint_indices, carry)
+        return out, self.q_value(out.lstm_out, op)
+
+
+def param_count(params: Any) -> int:
+    """Number of scalars in a parameter pytree (torch ``sum(p.numel())``; the ``_null_idx`` buffer is not one)."""
+    return int(sum(np.size(leaf) for leaf in jax.tree.leaves(params)))
