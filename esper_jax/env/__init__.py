@@ -1,0 +1,65 @@
+"""The JAX-native Esper environment: exact lifecycle, alpha control, signals and SHAPED reward, with an oracle for
+everything that needs real training (environment.md §8).
+
+``make(name, config)`` returns an object with ``reset(key) -> (EnvState, Observation)`` and
+``step(state, actions: PerHead[int32 scalar], key) -> StepOutput`` for ONE env (``esper_jax.rollout.Environment``);
+vmap over envs, scan over time. Available names: ``"sim"`` (the simulator oracle of §8.2). ``"host"`` (real host
+networks) arrives with the next issue.
+
+Modules: ``config`` (EnvConfig), ``alpha`` (controller and curves), ``lifecycle`` (stages, gates, ops, tick),
+``signals`` (measurements → state, feedback, Observation), ``reward`` (SHAPED components, normaliser helper),
+``oracle`` (oracle interface, simulator), ``core`` (reset/step wiring).
+
+Quirks of esper-lite 0872525b (environment.md §8.3) and how ``EnvConfig.compat`` treats them:
+
+| # | quirk | ``upstream`` (reproduced) | ``fixed`` (default) |
+|---|---|---|---|
+| 1 | losses divided by the per-env batch size | obs val_loss = mean loss / B (512 on cifar10), ≈ 0 | true mean loss |
+| 2 | host_stabilized hard-coded 0 | 0 (the Observation has no such field; features write 0) | same: not modelled here (no field) |
+| 3 | reward pays the sampled slot even on WAIT | seed terms (attribution, warnings, PBRS, synergy) of the sampled slot only | seed terms summed over every slot holding a seed; the sampled op applies to the sampled slot, WAIT to the others |
+| 3b | invalid actions rewarded as WAIT | yes, counted in ``info.invalid_action`` | same (no explicit penalty), counted |
+| 4 | PBRS stage jump never paid (k ≥ 1 at reward time) | Φ_prev = Φ(stage, k − 1) | at k = 1 Φ_prev = Φ(previous stage, previous k), except just after germination (the GERMINATE shaping pays that jump) |
+| 5 | ADVANCE on HOLDING fossilises uncounted | runs G5, FOSSILIZED, no counters/credit, scored as WAIT | the action fails (no-op, success False, invalid) |
+| 6 | INSTANT prune regardless of controller mode | executes (scored as WAIT when not in HOLD) | needs HOLD, else fails |
+| 7 | gate never trained / MULTIPLY zero-init / SE not identity | host-network matter: not applicable to the simulator | — |
+| 8 | interaction from leave-one-out baselines; none for 2 seeds | I_ij = f({i,j}) − f(A∖i) − f(A∖j) + f(∅), 3–4 active seeds | I_ij = f({i,j}) − f({i}) − f({j}) + f(∅), 2–4 active seeds (K grows by S rows) |
+| 9 | default PPO slot set is r0c1 only | not reproduced in either mode: EnvConfig defaults to r0c0..r0c2 (the spec's reference) | same |
+| 10 | LM fused-validation reshape; LOSS-family sign | not applicable (SHAPED only; the simulator has no LM pass) | — |
+| 11 | WAIT never reports success | last_action_success False after WAIT | True |
+| 12 | a failed G3 ADVANCE counts as valid for the reward | valid, success False | same (kept): the reward equals WAIT's either way, and the mask cannot see gate state, so calling it invalid would make masked-in ops illegal |
+"""
+
+from __future__ import annotations
+
+from esper_jax.env.config import EnvConfig, RewardConfig, SimulatorConfig
+from esper_jax.env.core import EnvState, EsperEnv, StepInfo
+from esper_jax.env.reward import RewardComponents
+
+__all__ = [
+    "ENV_NAMES",
+    "EnvConfig",
+    "EnvState",
+    "EsperEnv",
+    "RewardComponents",
+    "RewardConfig",
+    "SimulatorConfig",
+    "StepInfo",
+    "make",
+]
+
+ENV_NAMES: tuple[str, ...] = ("sim",)
+
+
+def make(name: str, config: EnvConfig | None = None) -> EsperEnv:
+    """Build an environment by name: ``"sim"`` (simulator oracle). Raises ValueError for any other name."""
+    config = EnvConfig() if config is None else config
+    if not isinstance(config, EnvConfig):
+        raise TypeError(f"config must be an EnvConfig, got {type(config).__name__}")
+    if name == "sim":
+        return EsperEnv.simulator(config)
+    if name == "host":
+        raise ValueError(
+            f"environment 'host' (real host networks) is not available yet: it arrives with the next issue; "
+            f"available: {ENV_NAMES}"
+        )
+    raise ValueError(f"unknown environment {name!r}; available: {ENV_NAMES}")

@@ -1,0 +1,336 @@
+"""Static configuration of the JAX-native Esper environment (environment.md §1, §3, §6; ppo.md §7.2).
+
+Everything here is a frozen, hashable dataclass: the environment object that carries it is a static jit argument,
+so every value is validated in Python before anything is traced, and every error names the offending field and
+the values it accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from esper_jax.contracts import (
+    CNN_BLUEPRINTS,
+    COMPAT_MODES,
+    DEFAULT_COMPAT,
+    DEFAULT_GAMMA,
+    MIN_PRUNE_AGE,
+    NUM_BLUEPRINTS,
+    TOPOLOGIES,
+    TRANSFORMER_BLUEPRINTS,
+    BlueprintAction,
+    Compat,
+    SlotConfig,
+    check_compat,
+)
+
+# --------------------------------------------------------------------------------------------------------------
+# Tasks (environment.md §1.1, §1.2) and blueprint sizes (§3)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """One host preset: its topology, host parameter count, channels at each injection point (slot column
+    ``r0c{i}``) and the per-env batch size (the divisor of upstream's loss quirk, §1.6)."""
+
+    name: str
+    topology: str
+    host_params: int
+    slot_channels: tuple[int, ...]
+    batch_size: int
+    num_classes: int
+
+
+TASKS: dict[str, TaskSpec] = {
+    "cifar10": TaskSpec("cifar10", "cnn", 6_418, (8, 16, 32), 512, 10),
+    "cifar10_deep": TaskSpec("cifar10_deep", "cnn", 99_922, (8, 16, 32, 64, 128), 128, 10),
+    "cifar10_blind": TaskSpec("cifar10_blind", "cnn", 2_986, (32, 64), 128, 10),
+    "tinystories": TaskSpec("tinystories", "transformer", 30_044_544, (384, 384, 384), 32, 50_257),
+}
+TASK_NAMES: tuple[str, ...] = tuple(TASKS)
+
+_TRANSFORMER_PARAMS = {  # D = 384 (§3.2); the only transformer width upstream ships
+    BlueprintAction.NORM: 769,
+    BlueprintAction.LORA: 6_144,
+    BlueprintAction.LORA_LARGE: 24_576,
+    BlueprintAction.ATTENTION: 591_360,
+    BlueprintAction.FLEX_ATTENTION: 591_360,
+    BlueprintAction.MLP_SMALL: 590_976,
+    BlueprintAction.MLP: 1_181_568,
+}
+
+
+def cnn_blueprint_params(blueprint: BlueprintAction, channels: int) -> int:
+    """Exact parameter count of a CNN seed at ``channels`` (§3.1 table)."""
+    c = channels
+    b = max(8, c // 4)
+    counts = {
+        BlueprintAction.NORM: 2 * c + 1,
+        BlueprintAction.ATTENTION: c * c // 2 + c,
+        BlueprintAction.DEPTHWISE: c * c + 11 * c,
+        BlueprintAction.BOTTLENECK: 2 * c * b + 9 * b * b + 2 * c,
+        BlueprintAction.CONV_SMALL: c * c + 2 * c,
+        BlueprintAction.CONV_LIGHT: 9 * c * c + 2 * c,
+        BlueprintAction.CONV_HEAVY: 18 * c * c + 4 * c,
+    }
+    return counts.get(BlueprintAction(blueprint), 0)
+
+
+def gate_params(channels: int) -> int:
+    """GATE-style gate network Linear(C, max(1, C/4)) → ReLU → Linear(·, 1): 21 / 73 / 273 at C = 8/16/32 (§3.3)."""
+    hidden = max(1, channels // 4)
+    return channels * hidden + hidden + hidden + 1
+
+
+def blueprint_param_table(task: TaskSpec, slot_columns: tuple[int, ...]) -> np.ndarray:
+    """float32 [S, 13]: parameters of each blueprint at each enabled slot (0 for blueprints of the other topology)."""
+    table = np.zeros((len(slot_columns), NUM_BLUEPRINTS), np.float32)
+    for s, col in enumerate(slot_columns):
+        for bp in BlueprintAction:
+            if task.topology == "cnn":
+                table[s, bp] = cnn_blueprint_params(bp, task.slot_channels[col])
+            else:
+                table[s, bp] = _TRANSFORMER_PARAMS.get(bp, 0)
+    return table
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reward constants (ContributionRewardConfig defaults, ppo.md §7.2)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardConfig:
+    contribution_weight: float = 1.0
+    proxy_confidence_factor: float = 0.3
+    pbrs_weight: float = 0.3
+    epoch_progress_bonus: float = 0.3
+    max_progress_bonus: float = 2.0
+    rent_weight: float = 0.5
+    max_rent: float = 8.0
+    base_slot_rent_ratio: float = 0.0039
+    alpha_shock_coef: float = 0.1958
+    germinate_cost: float = -0.02
+    fossilize_cost: float = -0.01
+    prune_cost: float = -0.005
+    set_alpha_target_cost: float = -0.005
+    fossilize_base_bonus: float = 0.5
+    fossilize_contribution_scale: float = 0.1
+    fossilize_noncontributing_penalty: float = -0.2
+    prune_hurting_bonus: float = 0.3
+    prune_acceptable_bonus: float = 0.1
+    prune_good_seed_penalty: float = -0.3
+    prune_hurting_threshold: float = -0.5
+    improvement_safe_threshold: float = 0.1
+    hacking_ratio_threshold: float = 5.0
+    attribution_sigmoid_steepness: float = 3.0
+    terminal_acc_weight: float = 0.05
+    fossilize_terminal_scale: float = 3.0
+    min_fossilize_contribution: float = 1.0  # ti threshold of a "contributing" fossil
+    gamma: float = DEFAULT_GAMMA
+    disable_pbrs: bool = False
+    disable_terminal_reward: bool = False
+    disable_anti_gaming: bool = False
+    hindsight_decay: float = 0.995
+    hindsight_scale: float = 0.1  # weight of each ledger entry's credit
+    hindsight_boost_scale: float = 0.1  # inside the tanh: tanh(0.1·boost·ti)
+    hindsight_cap: float = 0.2
+    # Stage potentials P[stage] indexed by SeedStage value (0..10); 5 is retired and pruned stages carry 0.
+    stage_potentials: tuple[float, ...] = (0.0, 0.0, 1.0, 2.0, 3.5, 0.0, 5.5, 6.0, 0.0, 0.0, 0.0)
+
+    def __post_init__(self) -> None:
+        # Upstream raises unless the PBRS gamma equals the PPO gamma: PBRS is only policy-invariant then.
+        if self.gamma != DEFAULT_GAMMA:
+            raise ValueError(f"RewardConfig.gamma must equal DEFAULT_GAMMA={DEFAULT_GAMMA} (PBRS), got {self.gamma}")
+        if len(self.stage_potentials) != 11:
+            raise ValueError(
+                f"RewardConfig.stage_potentials needs 11 entries (SeedStage values 0..10), got {len(self.stage_potentials)}"
+            )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Simulator oracle (environment.md §8.2)
+# --------------------------------------------------------------------------------------------------------------
+
+# Mean latent gain (pp at full alpha and maturity) per blueprint name: bigger seeds help more on average, and every
+# blueprint can still hurt (the spread below is larger than most means).
+_DEFAULT_GAIN_MEANS: tuple[tuple[str, float], ...] = (
+    ("norm", 0.3),
+    ("attention", 0.8),
+    ("depthwise", 1.2),
+    ("bottleneck", 1.5),
+    ("conv_small", 1.0),
+    ("conv_light", 2.5),
+    ("conv_heavy", 3.5),
+    ("lora", 0.5),
+    ("lora_large", 1.0),
+    ("mlp_small", 1.5),
+    ("mlp", 2.5),
+    ("flex_attention", 2.0),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulatorConfig:
+    """Knobs of the accuracy/gradient simulator. Ranges are sampled per env at reset."""
+
+    host_final_acc: tuple[float, float] = (55.0, 75.0)  # a∞
+    host_initial_acc: tuple[float, float] = (15.0, 30.0)  # a0
+    host_tau: tuple[float, float] = (15.0, 60.0)  # epochs
+    host_noise: float = 1.0  # shared across the fused-validation configs of one epoch (cancels in differences)
+    paired_noise: float = 0.35  # per configuration: contribution noise ≈ √2 × this ≈ 0.5 pp
+    gain_means: tuple[tuple[str, float], ...] = _DEFAULT_GAIN_MEANS
+    gain_spread: float = 2.0  # std of the latent gain around its blueprint mean (negative gains happen)
+    seed_tau: tuple[float, float] = (2.0, 8.0)  # epochs to mature
+    host_dependency: tuple[float, float] = (0.0, 0.5)  # share of a seed's gain the host stops learning itself
+    interaction_spread: float = 1.0  # std of pairwise interaction terms (pp)
+    gradient_scale: float = 0.5
+    p_exploding: float = 0.01
+    p_vanishing: float = 0.01
+    loss_noise: float = 0.02
+
+    def __post_init__(self) -> None:
+        names = [n for n, _ in self.gain_means]
+        unknown = [n for n in names if n not in _BLUEPRINT_NAMES]
+        if unknown:
+            raise ValueError(
+                f"SimulatorConfig.gain_means names unknown blueprints {unknown}; valid: {sorted(_BLUEPRINT_NAMES)}"
+            )
+        for field in ("host_final_acc", "host_initial_acc", "host_tau", "seed_tau", "host_dependency"):
+            lo, hi = getattr(self, field)
+            if not lo <= hi:
+                raise ValueError(f"SimulatorConfig.{field} must be a (low, high) range with low <= high, got {(lo, hi)}")
+        for field in ("host_noise", "paired_noise", "gain_spread", "interaction_spread", "gradient_scale", "loss_noise"):
+            if getattr(self, field) < 0:
+                raise ValueError(f"SimulatorConfig.{field} must be >= 0, got {getattr(self, field)}")
+        if not (0 <= self.p_exploding <= 1 and 0 <= self.p_vanishing <= 1):
+            raise ValueError("SimulatorConfig.p_exploding and p_vanishing must be probabilities in [0, 1]")
+
+    def gain_mean_table(self) -> np.ndarray:
+        table = np.zeros(NUM_BLUEPRINTS, np.float32)
+        for name, mean in self.gain_means:
+            table[_BLUEPRINT_NAMES[name]] = mean
+        return table
+
+
+_BLUEPRINT_NAMES: dict[str, int] = {b.name.lower(): int(b) for b in BlueprintAction if b != BlueprintAction.NOOP}
+
+# --------------------------------------------------------------------------------------------------------------
+# The environment
+# --------------------------------------------------------------------------------------------------------------
+
+GATE_MODES: tuple[str, ...] = ("permissive", "strict")
+REWARD_MODES: tuple[str, ...] = ("shaped",)
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvConfig:
+    """One environment's static settings. Defaults are upstream's RL defaults with three slots on ``cifar10``."""
+
+    slots: SlotConfig = SlotConfig()
+    task: str = "cifar10"
+    topology: str | None = None  # None: the task's; if given it must match the task
+    episode_length: int = 150
+    max_seeds: int = 0  # 0 = unlimited
+    gates: str = "permissive"
+    compat: Compat = DEFAULT_COMPAT
+    reward_mode: str = "shaped"
+    reward: RewardConfig = RewardConfig()
+    embargo_epochs: int = 5  # DEFAULT_EMBARGO_EPOCHS_AFTER_PRUNE
+    resetting_epochs: int = 1
+    min_prune_age: int = MIN_PRUNE_AGE
+    simulator: SimulatorConfig = SimulatorConfig()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.slots, SlotConfig):
+            raise TypeError(f"EnvConfig.slots must be a SlotConfig, got {type(self.slots).__name__}")
+        if self.task not in TASKS:
+            raise ValueError(f"EnvConfig.task must be one of {TASK_NAMES}, got {self.task!r}")
+        task = TASKS[self.task]
+        if self.topology is None:
+            object.__setattr__(self, "topology", task.topology)
+        if self.topology not in TOPOLOGIES:
+            raise ValueError(f"EnvConfig.topology must be one of {TOPOLOGIES}, got {self.topology!r}")
+        if self.topology != task.topology:
+            raise ValueError(
+                f"EnvConfig.topology {self.topology!r} does not match task {self.task!r} (topology {task.topology!r})"
+            )
+        valid_ids = tuple(f"r0c{i}" for i in range(len(task.slot_channels)))
+        bad = [s for s in self.slots.slot_ids if s not in valid_ids]
+        if bad:
+            raise ValueError(f"EnvConfig.slots {bad} do not exist on task {self.task!r}; valid slot ids: {valid_ids}")
+        _check_int("episode_length", self.episode_length, 1)
+        _check_int("max_seeds", self.max_seeds, 0)
+        _check_int("embargo_epochs", self.embargo_epochs, 1)
+        _check_int("resetting_epochs", self.resetting_epochs, 1)
+        _check_int("min_prune_age", self.min_prune_age, 0)
+        if self.gates not in GATE_MODES:
+            raise ValueError(f"EnvConfig.gates must be one of {GATE_MODES}, got {self.gates!r}")
+        if self.compat not in COMPAT_MODES:
+            raise ValueError(f"EnvConfig.compat must be one of {COMPAT_MODES}, got {self.compat!r}")
+        check_compat(self.compat)
+        if self.reward_mode not in REWARD_MODES:
+            raise ValueError(f"EnvConfig.reward_mode must be one of {REWARD_MODES}, got {self.reward_mode!r}")
+        if not isinstance(self.reward, RewardConfig):
+            raise TypeError(f"EnvConfig.reward must be a RewardConfig, got {type(self.reward).__name__}")
+        if not isinstance(self.simulator, SimulatorConfig):
+            raise TypeError(f"EnvConfig.simulator must be a SimulatorConfig, got {type(self.simulator).__name__}")
+
+    @classmethod
+    def create(cls, num_slots: int = 3, **kwargs) -> "EnvConfig":
+        """Config with the first ``num_slots`` slots of the task (r0c0 … r0c{n-1})."""
+        if isinstance(num_slots, bool) or not isinstance(num_slots, int) or num_slots < 1:
+            raise ValueError(f"EnvConfig num_slots must be an integer >= 1, got {num_slots!r}")
+        return cls(slots=SlotConfig.with_num_slots(num_slots), **kwargs)
+
+    # ---- derived, static -----------------------------------------------------------------------------------
+
+    @property
+    def num_slots(self) -> int:
+        return self.slots.num_slots
+
+    @property
+    def task_spec(self) -> TaskSpec:
+        return TASKS[self.task]
+
+    @property
+    def slot_columns(self) -> tuple[int, ...]:
+        return tuple(int(s.split("c")[1]) for s in self.slots.slot_ids)
+
+    @property
+    def slot_channels(self) -> tuple[int, ...]:
+        return tuple(self.task_spec.slot_channels[c] for c in self.slot_columns)
+
+    @property
+    def host_params(self) -> float:
+        return float(self.task_spec.host_params)
+
+    @property
+    def topology_blueprints(self) -> tuple[BlueprintAction, ...]:
+        return TRANSFORMER_BLUEPRINTS if self.topology == "transformer" else CNN_BLUEPRINTS
+
+    def param_table(self) -> np.ndarray:
+        return blueprint_param_table(self.task_spec, self.slot_columns)
+
+    def gate_param_table(self) -> np.ndarray:
+        return np.asarray([gate_params(c) for c in self.slot_channels], np.float32)
+
+    def blueprint_allowed(self) -> np.ndarray:
+        """bool [13]: the blueprints the mask offers (topology set minus NOOP)."""
+        allowed = np.zeros(NUM_BLUEPRINTS, bool)
+        allowed[[int(b) for b in self.topology_blueprints]] = True
+        allowed[BlueprintAction.NOOP] = False
+        return allowed
+
+    @property
+    def log_num_classes(self) -> float:
+        return math.log(self.task_spec.num_classes)
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"EnvConfig.{name} must be an integer >= {minimum}, got {value!r}")

@@ -1,0 +1,454 @@
+"""Seed lifecycle (environment.md §2, §4.2, §7): per-slot state, gates, op execution and the epoch tick.
+
+All slots live in one ``Slots`` struct of ``[S]`` arrays. An op is evaluated for every slot at once and the result
+is kept only at the sampled slot (a one-hot select), so nothing branches on traced values. An empty slot (upstream:
+no state object at all) is stage DORMANT; ``has_state`` is ``stage != DORMANT``.
+
+Upstream/fixed differences handled here (README quirk table, §8.3):
+
+* 5 — ADVANCE on a HOLDING slot: upstream runs G5 and fossilises without counting it; fixed: the action fails.
+* 6 — an INSTANT prune runs whatever the controller mode; fixed: it needs HOLD, like the mask and the reward.
+* 11 — WAIT reports success False upstream; fixed: True.
+* 12 — an ADVANCE whose gate fails is still "valid" for the reward: kept in BOTH modes. The reward number is the
+  same as WAIT's anyway, and calling it invalid would make the mask (which cannot see gate state) offer ops the env
+  rejects.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from esper_jax.contracts import (
+    ALPHA_CURVE_STEEPNESS,
+    ALPHA_CURVE_TO_CURVE,
+    ALPHA_SPEED_TO_STEPS,
+    ALPHA_TARGET_VALUES,
+    STYLE_TO_KASMINA,
+    TEMPO_TO_EPOCHS,
+    AlphaAlgorithm,
+    AlphaCurve,
+    AlphaMode,
+    AlphaSpeedAction,
+    GerminationStyle,
+    LifecycleOp,
+    PerHead,
+    SeedStage,
+)
+from esper_jax.env import alpha as alpha_mod
+from esper_jax.env.config import EnvConfig
+
+G3_TOLERANCE = 1e-6
+STRICT_G2_IMPROVEMENT = 0.5
+STRICT_G2_MIN_EPOCHS = 3
+STRICT_G2_GRADIENT_RATIO = 0.10
+STRICT_G3_MIN_EPOCHS = 3
+STRICT_G5_MIN_CONTRIBUTION = 1.0
+
+_MODULE_STAGES = (
+    SeedStage.GERMINATED,
+    SeedStage.TRAINING,
+    SeedStage.BLENDING,
+    SeedStage.HOLDING,
+    SeedStage.FOSSILIZED,
+)
+_PRUNABLE = (SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.HOLDING)
+
+# style -> blend curve used when BLENDING starts (§4.2: linear → LINEAR, sigmoid → SIGMOID k 12, gated → LINEAR)
+_BLEND_NAME_TO_CURVE = {"linear": AlphaCurve.LINEAR, "sigmoid": AlphaCurve.SIGMOID, "gated": AlphaCurve.LINEAR}
+STYLE_CURVE = np.asarray([_BLEND_NAME_TO_CURVE[STYLE_TO_KASMINA[s][0]] for s in GerminationStyle], np.int32)
+STYLE_ALGORITHM = np.asarray([STYLE_TO_KASMINA[s][1] for s in GerminationStyle], np.int32)
+BLEND_STEEPNESS = 12.0
+
+
+@struct.dataclass
+class Slots:
+    """Per-slot seed state, every leaf ``[S]``."""
+
+    stage: jnp.ndarray  # int32 SeedStage; DORMANT = empty slot
+    previous_stage: jnp.ndarray  # int32
+    previous_epochs_in_stage: jnp.ndarray  # int32
+    epochs_in_stage: jnp.ndarray  # int32 k
+    epochs_total: jnp.ndarray  # int32 seed age
+    blueprint: jnp.ndarray  # int32 BlueprintAction, -1 when empty
+    seed_id: jnp.ndarray  # int32 serial of the seed in the episode (germination count), -1 when empty
+    algorithm: jnp.ndarray  # int32 AlphaAlgorithm (blend operator)
+    blend_curve: jnp.ndarray  # int32 AlphaCurve used when BLENDING starts
+    tempo: jnp.ndarray  # int32 blend tempo in epochs
+    initial_target: jnp.ndarray  # float32 target used when BLENDING starts
+    controller: alpha_mod.Controller
+    pending_prune: jnp.ndarray  # bool: a scheduled prune completes when alpha reaches 0
+    has_gate: jnp.ndarray  # bool: a GATE network exists (counted in rent)
+    # seed metrics (SeedMetrics)
+    initial_acc: jnp.ndarray  # float32 val acc at the first epoch after germination
+    current_acc: jnp.ndarray
+    best_acc: jnp.ndarray
+    stage_start_acc: jnp.ndarray
+    contribution: jnp.ndarray  # float32 last counterfactual contribution (stale once alpha is 0 again)
+    has_contribution: jnp.ndarray  # bool
+    contribution_fresh: jnp.ndarray  # bool: measured in this epoch's validation (the reward's seed_contribution)
+    previous_contribution: jnp.ndarray
+    has_previous_contribution: jnp.ndarray
+    contribution_velocity: jnp.ndarray
+    interaction_sum: jnp.ndarray
+    boost_received: jnp.ndarray
+    # gradient telemetry (last sample; persists outside TRAINING/BLENDING)
+    gradient_norm: jnp.ndarray
+    gradient_health: jnp.ndarray
+    has_vanishing: jnp.ndarray
+    has_exploding: jnp.ndarray
+    gradient_ratio_ema: jnp.ndarray
+    has_gradient_ratio: jnp.ndarray  # bool: upstream's EMA dict has this slot's key
+
+    @property
+    def has_state(self) -> jnp.ndarray:
+        return self.stage != SeedStage.DORMANT
+
+    @property
+    def has_module(self) -> jnp.ndarray:
+        return in_stages(self.stage, _MODULE_STAGES)
+
+    @property
+    def alpha(self) -> jnp.ndarray:
+        return self.controller.alpha
+
+    @property
+    def total_improvement(self) -> jnp.ndarray:
+        return self.current_acc - self.initial_acc
+
+    @property
+    def improvement_since_stage_start(self) -> jnp.ndarray:
+        return self.current_acc - self.stage_start_acc
+
+
+def in_stages(stage: jnp.ndarray, stages) -> jnp.ndarray:
+    return jnp.any(stage[..., None] == jnp.asarray([int(s) for s in stages], jnp.int32), axis=-1)
+
+
+def empty_slots(num_slots: int) -> Slots:
+    shape = (num_slots,)
+    f0 = jnp.zeros(shape, jnp.float32)
+    i0 = jnp.zeros(shape, jnp.int32)
+    b0 = jnp.zeros(shape, jnp.bool_)
+    return Slots(
+        stage=jnp.full(shape, SeedStage.DORMANT, jnp.int32),
+        previous_stage=jnp.full(shape, SeedStage.DORMANT, jnp.int32),
+        previous_epochs_in_stage=i0,
+        epochs_in_stage=i0,
+        epochs_total=i0,
+        blueprint=jnp.full(shape, -1, jnp.int32),
+        seed_id=jnp.full(shape, -1, jnp.int32),
+        algorithm=jnp.full(shape, AlphaAlgorithm.ADD, jnp.int32),
+        blend_curve=jnp.full(shape, AlphaCurve.LINEAR, jnp.int32),
+        tempo=i0,
+        initial_target=f0,
+        controller=alpha_mod.fresh(shape),
+        pending_prune=b0,
+        has_gate=b0,
+        initial_acc=f0,
+        current_acc=f0,
+        best_acc=f0,
+        stage_start_acc=f0,
+        contribution=f0,
+        has_contribution=b0,
+        contribution_fresh=b0,
+        previous_contribution=f0,
+        has_previous_contribution=b0,
+        contribution_velocity=f0,
+        interaction_sum=f0,
+        boost_received=f0,
+        gradient_norm=f0,
+        gradient_health=jnp.ones(shape, jnp.float32),
+        has_vanishing=b0,
+        has_exploding=b0,
+        gradient_ratio_ema=f0,
+        has_gradient_ratio=jnp.ones(shape, jnp.bool_),  # upstream's EMA starts at 0 for every slot at reset
+    )
+
+
+def select(where: jnp.ndarray, new: Slots, old: Slots) -> Slots:
+    """Per-slot select over the whole struct (``where`` is bool [S]).
+
+    Leaves that ``new`` shares with ``old`` (``replace`` keeps untouched fields as the same array) are passed
+    through: most ops touch a handful of the ~35 fields, and skipping the rest keeps the compiled step small."""
+    return jax.tree.map(lambda n, o: o if n is o else jnp.where(where, n, o), new, old)
+
+
+def transition(slots: Slots, where: jnp.ndarray, new_stage) -> Slots:
+    """Move to ``new_stage`` where ``where`` holds, remembering where the seed came from (PBRS needs it)."""
+    moved = slots.replace(
+        previous_stage=slots.stage,
+        previous_epochs_in_stage=slots.epochs_in_stage,
+        stage=jnp.broadcast_to(jnp.asarray(new_stage, jnp.int32), slots.stage.shape),
+        epochs_in_stage=jnp.zeros_like(slots.epochs_in_stage),
+        stage_start_acc=slots.current_acc,
+    )
+    return select(where, moved, slots)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Gates (§2.3)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def gate_g2(slots: Slots, cfg: EnvConfig) -> jnp.ndarray:
+    k = slots.epochs_in_stage
+    if cfg.gates == "permissive":
+        return k >= 1
+    return (
+        (slots.improvement_since_stage_start >= STRICT_G2_IMPROVEMENT)
+        & (k >= STRICT_G2_MIN_EPOCHS)
+        & (slots.gradient_ratio_ema >= STRICT_G2_GRADIENT_RATIO)
+    )
+
+
+def gate_g3(slots: Slots, cfg: EnvConfig) -> jnp.ndarray:
+    c = slots.controller
+    ok = (c.target >= 1.0 - G3_TOLERANCE) & (c.mode == AlphaMode.HOLD) & (jnp.abs(c.alpha - c.target) <= G3_TOLERANCE)
+    if cfg.gates == "strict":
+        ok = ok & (slots.epochs_in_stage >= STRICT_G3_MIN_EPOCHS)
+    return ok
+
+
+def gate_g5(slots: Slots, cfg: EnvConfig) -> jnp.ndarray:
+    # is_healthy is never set False upstream, so only the counterfactual's presence (and, strict, size) matters.
+    ok = slots.has_contribution
+    if cfg.gates == "strict":
+        ok = ok & (slots.contribution >= STRICT_G5_MIN_CONTRIBUTION)
+    return ok
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Ops (§7)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@struct.dataclass
+class OpOutcome:
+    """What executing the sampled action did (scalars)."""
+
+    success: jnp.ndarray  # bool: reported as last_action_success
+    valid: jnp.ndarray  # bool: the reward scores the op itself (else exactly as WAIT)
+    germinated: jnp.ndarray  # bool
+    fossilized: jnp.ndarray  # bool: a counted fossilisation (counters, hindsight credit)
+    fossilized_improvement: jnp.ndarray  # float32 total_improvement of the fossilised seed
+
+
+def _germinate(slots: Slots, actions: PerHead, seed_id: jnp.ndarray) -> Slots:
+    fresh = empty_slots(slots.stage.shape[0])
+    style = actions.style
+    born = fresh.replace(
+        stage=jnp.full_like(slots.stage, SeedStage.GERMINATED),
+        previous_stage=jnp.full_like(slots.stage, SeedStage.DORMANT),
+        blueprint=jnp.full_like(slots.blueprint, actions.blueprint),
+        seed_id=jnp.full_like(slots.seed_id, seed_id),
+        algorithm=jnp.full_like(slots.algorithm, jnp.asarray(STYLE_ALGORITHM)[style]),
+        blend_curve=jnp.full_like(slots.blend_curve, jnp.asarray(STYLE_CURVE)[style]),
+        tempo=jnp.full_like(slots.tempo, jnp.asarray(TEMPO_TO_EPOCHS, jnp.int32)[actions.tempo]),
+        initial_target=jnp.full_like(slots.initial_target, jnp.asarray(ALPHA_TARGET_VALUES, jnp.float32)[actions.alpha_target]),
+        # Upstream's gradient-ratio EMA keeps the slot's key only while a seed lives there: a recycled slot's next
+        # seed starts from its first value (has_gradient_ratio False), the episode's first seed from 0.
+        has_gradient_ratio=slots.has_gradient_ratio,
+        gradient_ratio_ema=slots.gradient_ratio_ema,
+    )
+    return born
+
+
+def _start_blending(slots: Slots) -> Slots:
+    moved = transition(slots, jnp.ones_like(slots.has_gate), SeedStage.BLENDING)
+    ctrl = alpha_mod.retarget(
+        alpha_mod.fresh(slots.stage.shape),
+        jnp.ones_like(slots.has_gate),
+        slots.initial_target,
+        slots.tempo,
+        slots.blend_curve,
+        jnp.full_like(slots.initial_target, BLEND_STEEPNESS),
+    )
+    return moved.replace(controller=ctrl, has_gate=slots.algorithm == AlphaAlgorithm.GATE)
+
+
+def prune_now(slots: Slots, where: jnp.ndarray) -> Slots:
+    """Instant prune: module gone, alpha and controller back to 0/HOLD, state kept as PRUNED."""
+    pruned = transition(slots, where, SeedStage.PRUNED)
+    pruned = pruned.replace(
+        controller=alpha_mod.reset_where(pruned.controller, where),
+        pending_prune=jnp.where(where, False, pruned.pending_prune),
+        has_gate=jnp.where(where, False, pruned.has_gate),
+    )
+    return pruned
+
+
+def _fossilize(slots: Slots) -> Slots:
+    moved = transition(slots, jnp.ones_like(slots.has_gate), SeedStage.FOSSILIZED)
+    return moved.replace(controller=alpha_mod.snap(moved.controller, jnp.ones_like(slots.has_gate), 1.0))
+
+
+def execute(
+    slots: Slots, actions: PerHead, total_seeds: jnp.ndarray, cfg: EnvConfig
+) -> tuple[Slots, OpOutcome]:
+    """Run the sampled op on the sampled slot (environment.md §7) and judge its validity for the reward (§6.1)."""
+    upstream = cfg.compat == "upstream"
+    num_slots = cfg.num_slots
+    slot_ok = (actions.slot >= 0) & (actions.slot < num_slots)
+    chosen = (jnp.arange(num_slots) == actions.slot) & slot_ok
+    op = actions.op
+    stage = slots.stage
+    ctrl = slots.controller
+    in_hold = ctrl.mode == AlphaMode.HOLD
+    ones = jnp.ones_like(slots.has_gate)
+
+    # GERMINATE: an empty slot, an offered blueprint, and the seed limit not reached (the mask's conditions).
+    bp_ok = jnp.asarray(cfg.blueprint_allowed())[jnp.clip(actions.blueprint, 0, len(cfg.blueprint_allowed()) - 1)]
+    bp_ok = bp_ok & (actions.blueprint >= 0) & (actions.blueprint < len(cfg.blueprint_allowed()))
+    under_limit = jnp.asarray(cfg.max_seeds == 0) | (total_seeds < cfg.max_seeds)
+    can_germinate = ~slots.has_state & bp_ok & under_limit
+    germinated_slots = _germinate(slots, actions, total_seeds)
+
+    # ADVANCE: the next gate of the slot's stage.
+    g1 = stage == SeedStage.GERMINATED
+    g2 = (stage == SeedStage.TRAINING) & gate_g2(slots, cfg)
+    g3 = (stage == SeedStage.BLENDING) & gate_g3(slots, cfg)
+    g5_advance = (stage == SeedStage.HOLDING) & gate_g5(slots, cfg) & jnp.asarray(upstream)
+    advanced = transition(slots, g1, SeedStage.TRAINING)
+    advanced = select(g2, _start_blending(slots), advanced)
+    to_holding = transition(slots, ones, SeedStage.HOLDING)
+    to_holding = to_holding.replace(controller=alpha_mod.snap(to_holding.controller, ones, 1.0))
+    advanced = select(g3, to_holding, advanced)
+    advanced = select(g5_advance, _fossilize(slots), advanced)
+    advance_ok = g1 | g2 | g3 | g5_advance
+
+    # FOSSILIZE: HOLDING through G5.
+    fossilize_ok = (stage == SeedStage.HOLDING) & gate_g5(slots, cfg)
+    fossilized_slots = _fossilize(slots)
+
+    # PRUNE: agent prunes need age >= MIN_PRUNE_AGE; instant for INSTANT speed, an untrained seed or alpha already 0,
+    # otherwise a scheduled ramp to 0 from HOLD.
+    prunable = in_stages(stage, _PRUNABLE) & (slots.epochs_total >= cfg.min_prune_age)
+    instant_kind = (
+        (actions.alpha_speed == AlphaSpeedAction.INSTANT)
+        | (stage == SeedStage.GERMINATED)
+        | (stage == SeedStage.TRAINING)
+        | (ctrl.alpha <= 0.0)
+    )
+    instant_ok = prunable & instant_kind & (in_hold | jnp.asarray(upstream))
+    scheduled_ok = prunable & ~instant_kind & in_stages(stage, (SeedStage.BLENDING, SeedStage.HOLDING)) & in_hold
+    speed_steps = jnp.asarray(ALPHA_SPEED_TO_STEPS, jnp.int32)[actions.alpha_speed]
+    curve = jnp.asarray([int(c) for c in ALPHA_CURVE_TO_CURVE], jnp.int32)[actions.alpha_curve]
+    steepness = jnp.asarray(ALPHA_CURVE_STEEPNESS, jnp.float32)[actions.alpha_curve]
+    scheduled = transition(slots, stage == SeedStage.HOLDING, SeedStage.BLENDING)
+    scheduled = scheduled.replace(
+        controller=alpha_mod.retarget(scheduled.controller, ones, jnp.zeros_like(ctrl.alpha), speed_steps, curve, steepness),
+        pending_prune=ones,
+    )
+    pruned_slots = select(instant_ok, prune_now(slots, ones), scheduled)
+    prune_ok = instant_ok | scheduled_ok
+
+    # SET_ALPHA_TARGET: BLENDING/HOLDING in HOLD; may switch the operator; a target < 1 reopens BLENDING.
+    retarget_ok = in_stages(stage, (SeedStage.BLENDING, SeedStage.HOLDING)) & in_hold
+    target = jnp.asarray(ALPHA_TARGET_VALUES, jnp.float32)[actions.alpha_target]
+    new_algorithm = jnp.asarray(STYLE_ALGORITHM)[actions.style]
+    retargeted = transition(slots, (stage == SeedStage.HOLDING) & (target < 1.0), SeedStage.BLENDING)
+    retargeted = retargeted.replace(
+        controller=alpha_mod.retarget(retargeted.controller, ones, jnp.full_like(ctrl.alpha, target), speed_steps, curve, steepness),
+        algorithm=jnp.full_like(slots.algorithm, new_algorithm),
+        # Switching to GATE builds a new gate; switching away drops it (it no longer runs, so it costs no rent).
+        has_gate=jnp.full_like(slots.has_gate, new_algorithm == AlphaAlgorithm.GATE),
+    )
+
+    per_op_slots = [slots, germinated_slots, retargeted, pruned_slots, fossilized_slots, advanced]
+    per_op_ok = [
+        jnp.zeros_like(chosen),
+        can_germinate,
+        retarget_ok,
+        prune_ok,
+        fossilize_ok,
+        advance_ok,
+    ]
+    result = slots
+    executed_any = jnp.asarray(False)
+    for code, (candidate, ok) in enumerate(zip(per_op_slots, per_op_ok)):
+        apply = chosen & ok & (op == code)
+        result = select(apply, candidate, result)
+        executed_any = executed_any | jnp.any(apply)
+
+    is_wait = op == LifecycleOp.WAIT
+    success = jnp.where(is_wait, jnp.asarray(not upstream), executed_any)
+
+    def at_chosen(x: jnp.ndarray) -> jnp.ndarray:
+        return jnp.any(chosen & x)
+
+    # §6.1's validity rules on the pre-action state of the sampled slot, identical in both modes: they are the
+    # mask's per-slot conditions, so a masked-in op is always valid for some slot. (Upstream's only departures are
+    # executions the rules call invalid — quirks 5 and 6 — which fixed mode does not execute.)
+    valid_by_op = [
+        jnp.asarray(True),
+        at_chosen(can_germinate),
+        at_chosen(retarget_ok),
+        at_chosen(in_stages(stage, _PRUNABLE) & in_hold & (slots.epochs_total >= cfg.min_prune_age)),
+        at_chosen(stage == SeedStage.HOLDING),
+        at_chosen(in_stages(stage, (SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING))),
+    ]
+    valid = jnp.asarray(False)
+    for code, v in enumerate(valid_by_op):
+        valid = valid | ((op == code) & v)
+    valid = valid & (is_wait | slot_ok)
+
+    fossilized = (op == LifecycleOp.FOSSILIZE) & executed_any
+    outcome = OpOutcome(
+        success=success,
+        valid=valid,
+        germinated=(op == LifecycleOp.GERMINATE) & executed_any,
+        fossilized=fossilized,
+        fossilized_improvement=jnp.sum(jnp.where(chosen, slots.total_improvement, 0.0)),
+    )
+    return result, outcome
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Epoch bookkeeping
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def record_accuracy(slots: Slots, val_acc: jnp.ndarray) -> Slots:
+    """SeedMetrics.record_accuracy on every slot holding a seed module (runs before the decision, so a stage
+    entered at step t reads k = 1 at t + 1)."""
+    live = slots.has_module
+    first = slots.epochs_total == 0
+    acc = jnp.broadcast_to(jnp.asarray(val_acc, jnp.float32), slots.current_acc.shape)
+    recorded = slots.replace(
+        initial_acc=jnp.where(first, acc, slots.initial_acc),
+        stage_start_acc=jnp.where(first, acc, slots.stage_start_acc),
+        current_acc=acc,
+        best_acc=jnp.maximum(slots.best_acc, acc),
+        epochs_total=slots.epochs_total + 1,
+        epochs_in_stage=slots.epochs_in_stage + 1,
+    )
+    return select(live, recorded, slots)
+
+
+def step_epoch(slots: Slots, cfg: EnvConfig) -> Slots:
+    """``SeedSlot.step_epoch`` on every slot, after the action: cooldown pipeline, alpha tick (BLENDING only),
+    scheduled-prune completion."""
+    stage = slots.stage
+    # Cooldown, judged on the stage before this tick so a seed moves at most one cooldown stage per epoch.
+    was_pruned = stage == SeedStage.PRUNED
+    was_embargoed = stage == SeedStage.EMBARGOED
+    was_resetting = stage == SeedStage.RESETTING
+    counted = slots.replace(
+        epochs_in_stage=jnp.where(was_embargoed | was_resetting, slots.epochs_in_stage + 1, slots.epochs_in_stage)
+    )
+    out = transition(counted, was_pruned, SeedStage.EMBARGOED)
+    out = transition(out, was_embargoed & (counted.epochs_in_stage >= cfg.embargo_epochs), SeedStage.RESETTING)
+    emptied = was_resetting & (counted.epochs_in_stage >= cfg.resetting_epochs)
+    cleared = empty_slots(stage.shape[0]).replace(
+        # The gradient-ratio EMA entry dies with the state; nothing else survives an empty slot.
+        has_gradient_ratio=jnp.zeros_like(slots.has_gradient_ratio),
+    )
+    out = select(emptied, cleared, out)
+
+    blending = out.stage == SeedStage.BLENDING
+    out = out.replace(controller=alpha_mod.tick(out.controller, blending))
+    done_ramp = out.pending_prune & (out.controller.mode == AlphaMode.HOLD) & (out.controller.alpha <= 0.0)
+    return prune_now(out, done_ramp)

@@ -1,0 +1,301 @@
+"""SHAPED contribution reward (environment.md §6; ppo.md §7.3), computed on the pre-action state.
+
+``RewardComponents`` holds every summand; ``total`` adds them in one fixed order and is exactly the env's reward.
+The running reward normaliser (Welford, no mean subtraction, clip ±10; ppo.md §8.1) is shared by all envs and
+updated in env order, so it cannot live inside a per-env step: the rollout applies it (``normalize_batch`` below
+wraps ``esper_jax.normalization``).
+
+Upstream/fixed differences handled here (README quirk table, §8.3):
+
+* 3 — upstream pays the seed terms (attribution, warnings, PBRS, synergy) for the sampled slot only, even on WAIT,
+  where the slot head is causally irrelevant; fixed pays them for every slot holding a seed, with the sampled op
+  applied to the sampled slot and WAIT to the others. Invalid ops are scored as WAIT in both modes.
+* 4 — upstream's PBRS takes Φ_prev = Φ(stage, k − 1) whenever k > 0, and k ≥ 1 always holds at reward time, so stage
+  jumps never earn their potential difference; fixed uses Φ(previous_stage, previous_k) at k = 1 (the potential
+  the seed showed one step earlier), except right after germination, whose jump the GERMINATE shaping already pays.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from esper_jax import normalization
+from esper_jax.contracts import LifecycleOp, SeedStage
+from esper_jax.env.config import RewardConfig
+
+_FIELDS = (
+    "attribution",
+    "blending_warning",
+    "holding_warning",
+    "pbrs",
+    "synergy",
+    "compute_rent",
+    "alpha_shock",
+    "action_shaping",
+    "terminal",
+    "hindsight_credit",
+)
+
+
+@struct.dataclass
+class RewardComponents:
+    """Every summand of the SHAPED reward (float32, same shape)."""
+
+    attribution: jnp.ndarray
+    blending_warning: jnp.ndarray
+    holding_warning: jnp.ndarray
+    pbrs: jnp.ndarray
+    synergy: jnp.ndarray
+    compute_rent: jnp.ndarray  # stored negative
+    alpha_shock: jnp.ndarray  # stored negative
+    action_shaping: jnp.ndarray
+    terminal: jnp.ndarray
+    hindsight_credit: jnp.ndarray
+
+    def total(self) -> jnp.ndarray:
+        out = self.attribution
+        for name in _FIELDS[1:]:
+            out = out + getattr(self, name)
+        return out
+
+
+@struct.dataclass
+class SeedInputs:
+    """The reward's view of one slot's seed (any shape; [S] or scalars)."""
+
+    present: jnp.ndarray  # bool: a seed module exists (seed_info is not None)
+    stage: jnp.ndarray  # int32
+    epochs_in_stage: jnp.ndarray  # int32 k
+    previous_stage: jnp.ndarray  # int32
+    previous_epochs_in_stage: jnp.ndarray  # int32
+    total_improvement: jnp.ndarray  # float32 ti
+    contribution: jnp.ndarray  # float32 c (meaningful where contribution_known)
+    contribution_known: jnp.ndarray  # bool: measured this epoch
+    interaction_sum: jnp.ndarray  # float32
+    acc_at_germination: jnp.ndarray  # float32
+    has_acc_at_germination: jnp.ndarray  # bool
+
+
+@struct.dataclass
+class SeedTerms:
+    attribution: jnp.ndarray
+    blending_warning: jnp.ndarray
+    holding_warning: jnp.ndarray
+    pbrs: jnp.ndarray
+    synergy: jnp.ndarray
+
+
+def potential(stage: jnp.ndarray, k: jnp.ndarray, cfg: RewardConfig) -> jnp.ndarray:
+    """Φ(stage, k) = P[stage] + min(0.3·k, 2.0)."""
+    table = jnp.asarray(cfg.stage_potentials, jnp.float32)
+    p = table[jnp.clip(stage, 0, table.shape[0] - 1)]
+    return p + jnp.minimum(cfg.epoch_progress_bonus * k.astype(jnp.float32), cfg.max_progress_bonus)
+
+
+def attribution_discount(ti: jnp.ndarray, cfg: RewardConfig) -> jnp.ndarray:
+    """sigmoid(3·ti) for ti < 0 (exponent clamped at 700 as upstream), else 1."""
+    x = jnp.clip(-cfg.attribution_sigmoid_steepness * ti, -700.0, 700.0)
+    return jnp.where(ti < 0.0, 1.0 / (1.0 + jnp.exp(x)), 1.0)
+
+
+def ratio_penalty(c: jnp.ndarray, ti: jnp.ndarray, d: jnp.ndarray, cfg: RewardConfig) -> jnp.ndarray:
+    """Anti-gaming penalty when the contribution dwarfs the seed's total improvement."""
+    if cfg.disable_anti_gaming:
+        return jnp.zeros_like(c)
+    safe_ti = jnp.where(ti > cfg.improvement_safe_threshold, ti, 1.0)
+    ratio = c / safe_ti
+    high_ratio = (ti > cfg.improvement_safe_threshold) & (ratio > cfg.hacking_ratio_threshold)
+    pen = jnp.where(
+        high_ratio,
+        -jnp.minimum(0.3, 0.1 * (ratio - cfg.hacking_ratio_threshold) / cfg.hacking_ratio_threshold),
+        jnp.where(ti <= cfg.improvement_safe_threshold, -0.3 * jnp.minimum(1.0, c / 10.0), 0.0),
+    )
+    return jnp.where((c > 1.0) & (d >= 0.5), pen, 0.0)
+
+
+def seed_terms(
+    op: jnp.ndarray,
+    seed: SeedInputs,
+    val_acc: jnp.ndarray,
+    acc_delta: jnp.ndarray,
+    cfg: RewardConfig,
+    fixed_pbrs: bool,
+) -> SeedTerms:
+    """Items 1–5 of §6.2 for one seed under the (effective) op."""
+    ti = seed.total_improvement
+    c = seed.contribution
+    k = seed.epochs_in_stage
+    fossil = seed.stage == SeedStage.FOSSILIZED
+
+    # 1. bounded attribution
+    d = attribution_discount(ti, cfg)
+    progress = val_acc - seed.acc_at_germination
+    bounded = jnp.where(
+        seed.has_acc_at_germination,
+        jnp.where(progress <= 0.0, 0.0, jnp.where(c >= progress, jnp.sqrt(jnp.maximum(progress * c, 0.0)), c)),
+        0.5 * c,
+    )
+    known = cfg.contribution_weight * (bounded * d + ratio_penalty(c, ti, d, cfg))
+    known = jnp.where(c < 0.0, cfg.contribution_weight * c, known)
+    proxy = jnp.where(acc_delta > 0.0, cfg.proxy_confidence_factor * acc_delta, 0.0)
+    a = jnp.where(seed.contribution_known, known, proxy)
+    a = jnp.where(seed.present & ~fossil, a, 0.0)
+    a = jnp.where((op == LifecycleOp.FOSSILIZE) & (ti < 0.0), 0.0, a)
+    a = jnp.where(op == LifecycleOp.PRUNE, -a, a)
+
+    # 2. blending warning
+    kf = k.astype(jnp.float32)
+    blending = jnp.where(
+        seed.present & (seed.stage == SeedStage.BLENDING) & (ti < 0.0), -0.1 - jnp.minimum(0.05 * kf, 0.3), 0.0
+    )
+    # 3. holding warning
+    holding = jnp.where(
+        seed.present & (seed.stage == SeedStage.HOLDING) & (op == LifecycleOp.WAIT) & (k >= 2) & (a > 0.0),
+        -jnp.minimum(0.1 + 0.05 * (kf - 2.0), 0.3),
+        0.0,
+    )
+    # 4. PBRS
+    if cfg.disable_pbrs:
+        pbrs = jnp.zeros_like(a)
+    else:
+        phi = potential(seed.stage, k, cfg)
+        phi_in_stage = potential(seed.stage, jnp.maximum(k - 1, 0), cfg)
+        phi_jump = potential(seed.previous_stage, seed.previous_epochs_in_stage, cfg)
+        if fixed_pbrs:
+            just_germinated = (seed.previous_stage == SeedStage.DORMANT) | (seed.previous_stage == SeedStage.UNKNOWN)
+            use_jump = (k <= 1) & ~just_germinated
+        else:
+            use_jump = k <= 0
+        phi_prev = jnp.where(use_jump, phi_jump, phi_in_stage)
+        pbrs = jnp.where(seed.present, cfg.pbrs_weight * (cfg.gamma * phi - phi_prev), 0.0)
+    # 5. synergy
+    synergy = jnp.where(
+        seed.present & (seed.interaction_sum > 0.0), 0.1 * jnp.tanh(0.5 * seed.interaction_sum), 0.0
+    )
+    return SeedTerms(attribution=a, blending_warning=blending, holding_warning=holding, pbrs=pbrs, synergy=synergy)
+
+
+def action_shaping(op: jnp.ndarray, seed: SeedInputs, cfg: RewardConfig) -> jnp.ndarray:
+    """Item 8 of §6.2 for a VALID op on the sampled slot (invalid ops arrive here as WAIT)."""
+    ti = seed.total_improvement
+    c = seed.contribution
+    known = seed.contribution_known
+    kf = seed.epochs_in_stage.astype(jnp.float32)
+    pbrs_on = 0.0 if cfg.disable_pbrs else 1.0
+    germinate = pbrs_on * cfg.pbrs_weight * (cfg.gamma * cfg.stage_potentials[SeedStage.GERMINATED] - 0.0)
+    germinate = germinate + cfg.germinate_cost
+
+    c_or_zero = jnp.where(known, c, 0.0)
+    negative = -0.5 - jnp.minimum(0.2 * jnp.abs(ti), 1.0) - jnp.where(known & (c > 0.1) & (ti < -0.2), 0.3, 0.0)
+    contributing = (cfg.fossilize_base_bonus + cfg.fossilize_contribution_scale * c_or_zero) * jnp.minimum(1.0, kf / 5.0)
+    fossilize = cfg.fossilize_cost + jnp.where(
+        ti < 0.0, negative, jnp.where(known & (c >= 1.0), contributing, cfg.fossilize_noncontributing_penalty)
+    )
+
+    prune_known = jnp.where(
+        c < cfg.prune_hurting_threshold,
+        cfg.prune_hurting_bonus,
+        jnp.where(c < 0.0, cfg.prune_acceptable_bonus, jnp.maximum(cfg.prune_good_seed_penalty - 0.05 * c, -0.9)),
+    )
+    prune = cfg.prune_cost + jnp.where(known, prune_known, 0.0)
+
+    return jnp.select(
+        [op == LifecycleOp.GERMINATE, op == LifecycleOp.FOSSILIZE, op == LifecycleOp.PRUNE, op == LifecycleOp.SET_ALPHA_TARGET],
+        [jnp.asarray(germinate, jnp.float32), fossilize, prune, jnp.asarray(cfg.set_alpha_target_cost, jnp.float32)],
+        jnp.asarray(0.0, jnp.float32),
+    )
+
+
+@struct.dataclass
+class RentInputs:
+    """Env-wide compute terms (all [S])."""
+
+    has_module: jnp.ndarray  # bool
+    alpha: jnp.ndarray  # float32, at reward time
+    params: jnp.ndarray  # float32 seed params incl. gate (0 without a module)
+    previous_alpha: jnp.ndarray
+    previous_params: jnp.ndarray
+
+
+def compute_rent(inputs: RentInputs, host_params: float, cfg: RewardConfig) -> jnp.ndarray:
+    effective = jnp.sum(
+        jnp.where(inputs.has_module, cfg.base_slot_rent_ratio * host_params + inputs.alpha * inputs.params, 0.0)
+    )
+    growth = effective / host_params
+    return jnp.where(effective > 0.0, -jnp.minimum(cfg.rent_weight * jnp.log1p(growth), cfg.max_rent), 0.0)
+
+
+def alpha_shock(inputs: RentInputs, host_params: float, cfg: RewardConfig) -> jnp.ndarray:
+    if cfg.disable_anti_gaming:
+        return jnp.zeros((), jnp.float32)
+    delta = inputs.alpha - inputs.previous_alpha
+    return -cfg.alpha_shock_coef * jnp.sum(delta * delta * inputs.previous_params) / host_params
+
+
+def terminal_bonus(
+    is_last: jnp.ndarray, val_acc: jnp.ndarray, contributing_fossilized: jnp.ndarray, cfg: RewardConfig
+) -> jnp.ndarray:
+    if cfg.disable_terminal_reward:
+        return jnp.zeros((), jnp.float32)
+    bonus = cfg.terminal_acc_weight * val_acc + cfg.fossilize_terminal_scale * contributing_fossilized.astype(jnp.float32)
+    return jnp.where(is_last, bonus, 0.0)
+
+
+def shaped_reward(
+    op: jnp.ndarray,
+    slot: jnp.ndarray,
+    seeds: SeedInputs,
+    rent: RentInputs,
+    val_acc: jnp.ndarray,
+    acc_delta: jnp.ndarray,
+    is_last: jnp.ndarray,
+    contributing_fossilized: jnp.ndarray,
+    hindsight_credit: jnp.ndarray,
+    host_params: float,
+    cfg: RewardConfig,
+    compat: str,
+) -> RewardComponents:
+    """The whole SHAPED reward. ``op`` is the EFFECTIVE op (WAIT for an invalid action); ``seeds`` is [S]."""
+    num_slots = seeds.stage.shape[0]
+    chosen = jnp.arange(num_slots) == slot
+    fixed = compat == "fixed"
+    op_per_slot = jnp.where(chosen, op, LifecycleOp.WAIT)
+    terms = jax.vmap(lambda o, s: seed_terms(o, s, val_acc, acc_delta, cfg, fixed))(op_per_slot, seeds)
+    weight = jnp.ones(num_slots, jnp.float32) if fixed else chosen.astype(jnp.float32)
+    summed = jax.tree.map(lambda x: jnp.sum(x * weight), terms)
+    sampled_seed = jax.tree.map(lambda x: jnp.sum(jnp.where(chosen, x, jnp.zeros_like(x))).astype(x.dtype), seeds)
+    return RewardComponents(
+        attribution=summed.attribution,
+        blending_warning=summed.blending_warning,
+        holding_warning=summed.holding_warning,
+        pbrs=summed.pbrs,
+        synergy=summed.synergy,
+        compute_rent=compute_rent(rent, host_params, cfg),
+        alpha_shock=alpha_shock(rent, host_params, cfg),
+        action_shaping=action_shaping(op, sampled_seed, cfg),
+        terminal=terminal_bonus(is_last, val_acc, contributing_fossilized, cfg),
+        hindsight_credit=jnp.asarray(hindsight_credit, jnp.float32),
+    )
+
+
+def hindsight_credit(
+    ledger_row: jnp.ndarray, epoch: jnp.ndarray, total_improvement: jnp.ndarray, cfg: RewardConfig
+) -> jnp.ndarray:
+    """Credit for the scaffolds of a seed fossilised at ``epoch`` with ti > 0 (§6.3).
+
+    ``ledger_row`` is [L, S]: boosts given to the beneficiary at epochs 1..L by each scaffold (0 = no entry).
+    """
+    epochs = jnp.arange(1, ledger_row.shape[0] + 1, dtype=jnp.float32)[:, None]
+    age = jnp.asarray(epoch, jnp.float32) - epochs
+    terms = jnp.tanh(cfg.hindsight_boost_scale * ledger_row * total_improvement) * cfg.hindsight_scale * cfg.hindsight_decay**age
+    credit = jnp.sum(jnp.where(ledger_row > 0.0, terms, 0.0))
+    return jnp.where(total_improvement > 0.0, jnp.minimum(cfg.hindsight_cap, credit), 0.0)
+
+
+def normalize_batch(
+    stats: normalization.RewardNormalizer, raw_rewards: jnp.ndarray
+) -> tuple[normalization.RewardNormalizer, jnp.ndarray]:
+    """Upstream's shared reward normaliser over a step's envs, in env order (r/std, clip ±10)."""
+    return normalization.reward_update_and_normalize_sequence(stats, raw_rewards)
