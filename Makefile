@@ -16,7 +16,7 @@ $(VENV)/.core: pyproject.toml | $(VENV)/bin/python
 	touch $@
 
 $(VENV)/.full: pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install --quiet -e '.[torch,test]'
+	$(PY) -m pip install --quiet -e '.[torch,test,bench]'
 	touch $@ $(VENV)/.core
 
 venv: $(VENV)/.full
@@ -26,8 +26,10 @@ train: $(VENV)/.core
 	  { echo "make train: esper_jax.train is not in this checkout yet (it lands with the trainer issue); nothing was run." >&2; exit 2; }
 	$(PY) -m esper_jax.train
 
+# Two workers, one test file each at a time: the suite is dominated by single-threaded XLA compiles, and files
+# share their compiled functions within a worker.
 test: $(VENV)/.full
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -204,17 +204,30 @@ def report_and_check(name, errs, ties, dtype):
     assert errs[worst] <= BOUND[dtype], f"{worst}: {errs[worst]:.3e} > {BOUND[dtype]:.0e}"
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("batch", [1, 4, 64])
-@pytest.mark.parametrize("num_slots", [1, 3, 5, 25])
+def _grid(cases, default):
+    """Every case of ``cases``; those not in ``default`` carry the ``slow`` marker. Each distinct shape and dtype
+    is a fresh XLA compile on both legs, so the default run keeps one representative per axis value and
+    ``pytest -m slow`` runs the full grid."""
+    return [c if c in default else pytest.param(*c, marks=pytest.mark.slow) for c in cases]
+
+
+_SINGLE_STEP = [(s, b, d) for s in (1, 3, 5, 25) for b in (1, 4, 64) for d in ("float32", "float64")]
+# float32 over the whole slot x batch grid; float64 at every slot count with batch 4.
+_SINGLE_STEP_DEFAULT = [c for c in _SINGLE_STEP if c[2] == "float32" or c[1] == 4]
+
+
+@pytest.mark.parametrize("num_slots, batch, dtype", _grid(_SINGLE_STEP, _SINGLE_STEP_DEFAULT))
 def test_single_step_parity(num_slots, batch, dtype):
     with precision(dtype):
         errs, ties = run_case(num_slots, batch, 1, dtype, seed=num_slots * 100 + batch)
     report_and_check(f"single_step S={num_slots} B={batch}", errs, ties, dtype)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("num_slots, batch", [(1, 4), (3, 64), (25, 4)])
+_SEQUENCE = [(s, b, d) for s, b in ((1, 4), (3, 64), (25, 4)) for d in ("float32", "float64")]
+_SEQUENCE_DEFAULT = [c for c in _SEQUENCE if c[2] == "float32" or c[0] == 1]
+
+
+@pytest.mark.parametrize("num_slots, batch, dtype", _grid(_SEQUENCE, _SEQUENCE_DEFAULT))
 def test_sequence_150_parity(num_slots, batch, dtype):
     with precision(dtype):
         errs, ties = run_case(num_slots, batch, 150, dtype, seed=7 + num_slots)
