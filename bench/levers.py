@@ -1,0 +1,217 @@
+"""Local speed experiments (not part of the suite): ``python -m bench.levers [--envs 4]``.
+
+Each lever is measured alone against the same baseline, on the rollout at ``--envs`` envs (T = 150) and the update
+at [envs × 150], so its effect can be read off directly:
+
+* ``rollout unroll=k``: ``lax.scan(..., unroll=k)`` of the policy scan (bench code, no library change).
+* ``rollout with lstm_unroll=k``: the LSTM's own (length-1) scan inside each policy step unrolled, patched as below.
+* ``update lstm_unroll=k``: the LSTM recurrence scan unrolled k steps. This patches
+  ``esper_jax.network._lstm_layer`` *in this process only* (the library file is untouched); the change it
+  measures would be one ``unroll=`` argument in ``network._lstm_layer``.
+* ``fused heads``: the eight policy heads' first layers run as one [H, 7·H/2 + H] matmul instead of eight small
+  ones (a trunk rebuilt here from the same params; the library is untouched), to estimate what a fused-heads
+  network would gain. Same function: the weights are concatenated, not changed.
+* breakdown: the trunk alone (feature net + LSTM + heads) vs the whole ``get_action`` (plus masking, sampling of
+  eight heads, log-probs, Q), so the sampling overhead per step is visible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+
+import jax
+import jax.numpy as jnp
+
+from bench import common, fixtures
+from bench import rollout as rollout_bench
+from bench import update as update_bench
+from esper_jax import network as network_mod
+from esper_jax.contracts import HEAD_NAMES
+
+SEQ_LEN = fixtures.SEQ_LEN
+
+
+def _time(fn, args, kwargs, options):
+    compiled = common.compile_jax(fn, *args, **kwargs)
+    timing = common.time_jax(lambda: compiled.fn(*args), options)
+    return timing.median_s, compiled.lower_s + compiled.compile_s
+
+
+def rollout_unroll(num_envs: int, options: common.Options, unrolls=(1, 2, 4, 8)) -> list[dict]:
+    jitted, args, kwargs, *_ = rollout_bench.build_jax(num_envs)
+    out = []
+    for k in unrolls:
+        median, compile_s = _time(jitted, args, dict(kwargs, unroll=k), options)
+        out.append(dict(lever=f"rollout unroll={k}", envs=num_envs, median_s=median,
+                        steps_per_s=num_envs * SEQ_LEN / median, compile_s=compile_s))
+    return out
+
+
+def _lstm_layer_unrolled(unroll: int):
+    def layer(x, hc, kernel_ih, kernel_hh, bias_ih, bias_hh):
+        hidden = kernel_hh.shape[0]
+        input_gates = jnp.moveaxis(x @ kernel_ih + bias_ih, -2, 0)
+
+        def step(state, gates_x):
+            h, c = state
+            gates = (h @ kernel_hh + bias_hh) + gates_x
+            i = jax.nn.sigmoid(gates[..., :hidden])
+            f = jax.nn.sigmoid(gates[..., hidden : 2 * hidden])
+            g = jnp.tanh(gates[..., 2 * hidden : 3 * hidden])
+            o = jax.nn.sigmoid(gates[..., 3 * hidden :])
+            c = f * c + i * g
+            h = o * jnp.tanh(c)
+            return (h, c), h
+
+        carry = (hc[0].astype(x.dtype), hc[1].astype(x.dtype))
+        (h_t, c_t), ys = jax.lax.scan(step, carry, input_gates, unroll=unroll)
+        return jnp.moveaxis(ys, 0, -2), (h_t, c_t)
+
+    return layer
+
+
+def rollout_lstm_unroll(num_envs: int, options: common.Options, unrolls=(1, True)) -> list[dict]:
+    """The rollout with the LSTM's inner scan unrolled: at T = 1 per policy step, ``unroll=True`` removes the
+    inner while loop (a length-1 ``lax.scan`` nested in the rollout scan) from the compiled step."""
+    original = network_mod._lstm_layer
+    out = []
+    try:
+        for k in unrolls:
+            network_mod._lstm_layer = _lstm_layer_unrolled(k)
+            jax.clear_caches()
+            jitted, args, kwargs, *_ = rollout_bench.build_jax(num_envs)
+            median, compile_s = _time(jitted, args, kwargs, options)
+            out.append(dict(lever=f"rollout with lstm_unroll={k}", envs=num_envs, median_s=median,
+                            steps_per_s=num_envs * SEQ_LEN / median, compile_s=compile_s))
+    finally:
+        network_mod._lstm_layer = original
+        jax.clear_caches()
+    return out
+
+
+def update_lstm_unroll(num_envs: int, options: common.Options, unrolls=(1, 2, 4, 8)) -> list[dict]:
+    original = network_mod._lstm_layer
+    out = []
+    try:
+        for k in unrolls:
+            network_mod._lstm_layer = _lstm_layer_unrolled(k)
+            jax.clear_caches()  # nested jits (evaluate_actions) would otherwise reuse the unpatched trace
+            jitted, args, kwargs, *_ = update_bench.build_jax(num_envs)
+            fresh = jax.jit(jitted.__wrapped__, static_argnames=tuple(kwargs))  # retrace with the patched layer
+            median, compile_s = _time(fresh, args, kwargs, options)
+            out.append(dict(lever=f"update lstm_unroll={k}", envs=num_envs, median_s=median,
+                            samples_per_s=num_envs * SEQ_LEN / median, compile_s=compile_s))
+    finally:
+        network_mod._lstm_layer = original
+        jax.clear_caches()
+    return out
+
+
+def breakdown(num_envs: int, options: common.Options) -> list[dict]:
+    """Trunk only vs full get_action, both in a 150-step scan with the carry threaded."""
+    _, args, kwargs, config, params = rollout_bench.build_jax(num_envs)
+    params, carry, features, bp, masks, key = args
+    net = network_mod.FactoredRecurrentActorCritic(config)
+
+    @jax.jit
+    def trunk_scan(params, carry, features, bp):
+        def step(carry, xs):
+            f, b = xs
+            out = net.apply({"params": params}, f[:, None], b[:, None], carry, method=net.trunk)
+            return out.carry, out.logits.map(lambda x: x[:, 0])
+
+        return jax.lax.scan(step, carry, (features, bp))
+
+    @jax.jit
+    def feature_lstm_scan(params, carry, features, bp):
+        """Feature net + LSTM only: the part of the step that no head fusion can touch."""
+
+        def step(carry, xs):
+            f, b = xs
+
+            def body(module, f, b, carry):
+                emb, _ = module.blueprint_embedding(b)
+                x = jnp.concatenate([f, emb.reshape(*emb.shape[:-2], -1)], axis=-1)
+                y, new = module.lstm(module.feature_net(x), carry)
+                return new, module.lstm_ln(y)
+
+            new, y = net.apply({"params": params}, f[:, None], b[:, None], carry, method=body)
+            return new, y[:, 0]
+
+        return jax.lax.scan(step, carry, (features, bp))
+
+    names = [f"{h}_head" for h in HEAD_NAMES]
+
+    @jax.jit
+    def fused_trunk_scan(params, carry, features, bp):
+        """The trunk with the eight heads' first layers as ONE matmul (weights concatenated, same function)."""
+        w1 = jnp.concatenate([params[n]["l0"]["kernel"] for n in names], axis=1)
+        b1 = jnp.concatenate([params[n]["l0"]["bias"] for n in names])
+        widths = [params[n]["l0"]["kernel"].shape[1] for n in names]
+        splits = list(itertools.accumulate(widths))[:-1]
+
+        def step(carry, xs):
+            f, b = xs
+            new, y = feature_lstm_step(params, carry, f, b)
+            hidden = jax.nn.relu(y @ w1 + b1)
+            logits = {}
+            for n, part in zip(names, jnp.split(hidden, splits, axis=-1)):
+                layers = sorted(params[n])  # l0, l2[, l4]
+                for layer in layers[1:]:
+                    part = part @ params[n][layer]["kernel"] + params[n][layer]["bias"]
+                    if layer != layers[-1]:
+                        part = jax.nn.relu(part)
+                logits[n] = part
+            return new, logits
+
+        return jax.lax.scan(step, carry, (features, bp))
+
+    def feature_lstm_step(params, carry, f, b):
+        def body(module, f, b, carry):
+            emb, _ = module.blueprint_embedding(b)
+            x = jnp.concatenate([f, emb.reshape(*emb.shape[:-2], -1)], axis=-1)
+            y, new = module.lstm(module.feature_net(x), carry)
+            return new, module.lstm_ln(y)
+
+        new, y = net.apply({"params": params}, f[:, None], b[:, None], carry, method=body)
+        return new, y[:, 0]
+
+    full, _ = _time(rollout_bench.policy_scan, args, kwargs, options)
+    trunk, _ = _time(trunk_scan, (params, carry, features, bp), {}, options)
+    core, _ = _time(feature_lstm_scan, (params, carry, features, bp), {}, options)
+    fused, _ = _time(fused_trunk_scan, (params, carry, features, bp), {}, options)
+    per_step = lambda s: s / SEQ_LEN * 1e6  # noqa: E731
+    return [
+        dict(lever="breakdown: full get_action step", envs=num_envs, us_per_step=per_step(full)),
+        dict(lever="breakdown: trunk (feature net + LSTM + 9 heads)", envs=num_envs, us_per_step=per_step(trunk)),
+        dict(lever="breakdown: feature net + LSTM + LN only", envs=num_envs, us_per_step=per_step(core)),
+        dict(lever="breakdown: heads = trunk - core", envs=num_envs, us_per_step=per_step(trunk - core)),
+        dict(lever="fused heads: trunk with one first-layer matmul for all heads", envs=num_envs,
+             us_per_step=per_step(fused), vs_separate_heads=trunk / fused),
+        dict(lever="breakdown: masking + sampling + log-probs + Q = full - trunk", envs=num_envs,
+             us_per_step=per_step(full - trunk)),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.levers")
+    parser.add_argument("--envs", type=int, default=4)
+    parser.add_argument("--only", default="breakdown,rollout_unroll,update_lstm_unroll")
+    args = parser.parse_args()
+    options = common.Options(warmup=1, reps=5, min_reps=3, budget_s=10.0)
+    experiments = {
+        "breakdown": breakdown,
+        "rollout_unroll": rollout_unroll,
+        "rollout_lstm_unroll": rollout_lstm_unroll,
+        "update_lstm_unroll": update_lstm_unroll,
+    }
+    print(f"# host: {common.host_info()}", flush=True)
+    for name in args.only.split(","):
+        for row in experiments[name](args.envs, options):
+            print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
