@@ -17,8 +17,10 @@ import pytest
 import torch
 
 from esper_jax import interop, policy as P
-from esper_jax.contracts import HEAD_NAMES, GerminationStyle, PerHead, SlotConfig, feature_size
+from esper_jax.contracts import TOPOLOGIES, HEAD_NAMES, GerminationStyle, PerHead, SlotConfig, feature_size
 from esper_jax.distributions import mask_logits
+from esper_jax.masks import MaskConfig, compute as compute_masks
+from esper_jax.synthetic import random_observation
 from esper_jax.network import FactoredRecurrentActorCritic as JaxNet, NetworkConfig
 from reference_torch.network import FactoredRecurrentActorCritic as TorchNet
 
@@ -63,21 +65,15 @@ def random_inputs(rng, num_slots, lead, np_dtype):
 
 
 def realistic_masks(rng, num_slots, lead) -> dict[str, np.ndarray]:
-    """Random masks with the structure of real ones: >= 1 valid per row, WAIT always valid, NOOP never,
-    style/alpha_target either all valid or only index 2 (SIGMOID_ADD / FULL)."""
-    sizes = NetworkConfig(num_slots=num_slots).head_sizes
-    masks = {}
-    for head, n in sizes.items():
-        m = rng.random((*lead, n)) < 0.6
-        np.put_along_axis(m, rng.integers(0, n, size=lead)[..., None], True, axis=-1)
-        masks[head] = m
-    masks["op"][..., 0] = True
-    masks["blueprint"][..., 0] = False
-    masks["blueprint"][..., 1] = True
-    for head in ("style", "alpha_target"):
-        full = rng.random(lead) < 0.5
-        masks[head] = np.where(full[..., None], True, np.arange(masks[head].shape[-1]) == 2)
-    return masks
+    """Masks from the real mask function (esper_jax.masks) on random valid slot states (parity.md: "masks drawn
+    from the real mask function"). At least one slot is enabled per row, as in training, where the slot head would
+    otherwise have no valid action; the topology alternates so both blueprint sets are exercised."""
+    obs = random_observation(rng, num_slots, tuple(lead), p_enabled=0.8)
+    forced = np.arange(num_slots) == rng.integers(0, num_slots, size=lead)[..., None]
+    obs = obs.replace(slots=obs.slots.replace(enabled=obs.slots.enabled | forced))
+    topology = TOPOLOGIES[int(rng.integers(0, len(TOPOLOGIES)))]
+    computed = compute_masks(obs, MaskConfig(topology=topology, max_seeds=int(rng.integers(0, 2 * num_slots))))
+    return {h: np.asarray(getattr(computed, h)) for h in HEAD_NAMES}
 
 
 def valid_actions(rng, masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
