@@ -16,7 +16,7 @@ $(VENV)/.core: pyproject.toml | $(VENV)/bin/python
 	touch $@
 
 $(VENV)/.full: pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install --quiet -e '.[torch,test,bench]'
+	$(PY) -m pip install --quiet -e '.[torch,test]'
 	touch $@ $(VENV)/.core
 
 venv: $(VENV)/.full

@@ -1,0 +1,126 @@
+"""Orbax checkpoints of a training run (ppo.md §13.8: save everything needed to continue bit-for-bit).
+
+A checkpoint (``RUN_DIR/checkpoints/<interval>``, orbax ``CheckpointManager``) holds
+
+* ``state``: the pytree ``{"train": TrainState (params, optimiser state, obs normaliser, train_steps),
+  "runner": RunnerState (env states, observations, LSTM carries, reward normaliser, episode returns),
+  "key": the trainer's PRNG key, "counters": {interval, iteration, env_steps, episodes}}``
+* ``meta``: JSON ``{"format": FORMAT_VERSION, "interval": ..., "config": TrainingConfig.to_dict()}``.
+
+Orbax writes each step to a temporary directory and renames it when complete, so a process killed mid-save
+leaves the previous checkpoint as the latest. Restoring checks the format and the config first, then restores
+arrays against the expected structure, shapes and dtypes: any mismatch or unreadable file raises
+``CheckpointError`` and nothing in the run directory is touched.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+__all__ = ["CheckpointError", "FORMAT_VERSION", "Checkpointer", "COMPATIBLE_OVERRIDES"]
+
+FORMAT_VERSION = 1
+
+# Config keys a resumed run may change: the budget and what is only recorded, never traced.
+COMPATIBLE_OVERRIDES: frozenset[str] = frozenset({"n_episodes", "checkpoint_every", "keep_checkpoints", "telemetry",
+                                                  "eval_episodes", "use_telemetry"})
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed from (missing, corrupt, or from a different run configuration)."""
+
+
+def _ocp():
+    import orbax.checkpoint as ocp
+
+    return ocp
+
+
+class Checkpointer:
+    def __init__(self, run_dir: Path, max_to_keep: int = 2, create: bool = True):
+        ocp = _ocp()
+        self.directory = (Path(run_dir) / "checkpoints").absolute()
+        if not create and not self.directory.is_dir():
+            raise CheckpointError(f"no checkpoints in {run_dir} (expected {self.directory})")
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create, enable_async_checkpointing=False),
+        )
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
+        ocp = _ocp()
+        meta = dict(meta, format=FORMAT_VERSION, interval=int(step))
+        self._manager.save(
+            int(step),
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+            force=True,
+        )
+        self._manager.wait_until_finished()
+
+    def check(self, config_dict: dict[str, Any], step: int | None = None) -> dict:
+        """Read the metadata of the latest (or given) step and refuse it unless its config matches."""
+        return self._meta(config_dict, self.latest_step() if step is None else step)
+
+    def restore(self, abstract_state: Any, config_dict: dict[str, Any], step: int | None = None) -> tuple[Any, dict]:
+        """Restore the latest (or given) step into the structure of ``abstract_state``; check ``config_dict``."""
+        ocp = _ocp()
+        step = self.latest_step() if step is None else step
+        meta = self._meta(config_dict, step)
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype) if not isinstance(x, jax.ShapeDtypeStruct) else x, abstract_state)
+        try:
+            state = self._manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+            )["state"]
+        except Exception as exc:  # noqa: BLE001
+            raise CheckpointError(f"checkpoint {self.directory / str(step)} is corrupt or does not match this run: {exc}") from None
+        want = jax.tree_util.tree_structure(abstract)
+        got = jax.tree_util.tree_structure(state)
+        if want != got:
+            raise CheckpointError(f"checkpoint {self.directory / str(step)} has a different state structure")
+        for a, b in zip(jax.tree.leaves(abstract), jax.tree.leaves(state)):
+            if tuple(a.shape) != tuple(np.shape(b)) or np.dtype(a.dtype) != np.asarray(b).dtype:
+                raise CheckpointError(
+                    f"checkpoint {self.directory / str(step)} leaf shape/dtype mismatch: {np.shape(b)}/{np.asarray(b).dtype} "
+                    f"vs expected {a.shape}/{a.dtype}"
+                )
+        return state, meta
+
+    def _meta(self, config_dict: dict[str, Any], step: int | None) -> dict:
+        ocp = _ocp()
+        if step is None:
+            raise CheckpointError(f"no complete checkpoint in {self.directory}")
+        try:
+            meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as exc:  # noqa: BLE001 — any orbax/IO failure is a refusal
+            raise CheckpointError(f"checkpoint {self.directory / str(step)} is unreadable (metadata): {exc}") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+            raise CheckpointError(
+                f"checkpoint {self.directory / str(step)} has format {meta.get('format') if isinstance(meta, dict) else meta!r}, "
+                f"expected {FORMAT_VERSION}"
+            )
+        saved = meta.get("config", {})
+        diffs = sorted(k for k in set(saved) | set(config_dict)
+                       if k not in COMPATIBLE_OVERRIDES and saved.get(k) != config_dict.get(k))
+        if diffs:
+            detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs run {config_dict.get(k)!r}" for k in diffs)
+            raise CheckpointError(f"checkpoint {self.directory / str(step)} was written by a different configuration ({detail})")
+        return meta
+
+    def close(self) -> None:
+        self._manager.close()
+
+
+def read_meta_config(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot resume from {run_dir}: config.json unreadable ({exc})") from None

@@ -1,0 +1,514 @@
+"""Train the Esper seed-slot controller with recurrent factored PPO: ``python -m esper_jax.train``.
+
+Python runs only the outer loop. Each *interval* is ONE compiled call: ``lax.scan`` over
+``iterations_per_interval`` PPO iterations, each a full rollout (``rollout.collect``: ``max_epochs`` steps of
+``n_envs`` envs) followed by one ``ppo.update``. After each interval the trainer appends one line to
+``metrics.jsonl`` (deterministic values only), writes TensorBoard scalars, and every ``checkpoint_every`` intervals
+(and at the end) an orbax checkpoint plus the learning-curve PNG. At the end the trained policy is compared with a
+random-masked-action policy and an always-WAIT policy on the same env seeds.
+
+Run directory (``--out``, default ``runs/<preset>-seed<seed>-<time>``): ``config.json`` (resolved config),
+``metrics.jsonl``, ``tb/`` (TensorBoard), ``checkpoints/<interval>/`` (orbax), ``learning_curves.png``,
+``eval.json`` (final comparison, reward-component breakdown and seed outcomes).
+
+Config resolution: ``--preset`` (default ``default``) or ``--resume RUN_DIR`` (its config.json) → ``--config
+FILE.json`` (strict; keys given replace the preset's) → per-field flags. A resumed run may change only the budget
+and recording settings (``n_episodes``, telemetry, checkpoint cadence); anything else is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
+
+from esper_jax.config import PRESET_NAMES, ConfigError, TrainingConfig, config_to_dict, preset
+
+__all__ = ["Args", "main", "train", "evaluate_baselines", "TrainResult"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """Train the Esper seed-slot controller (Tamiyo policy, Simic PPO) in JAX.
+
+    Config resolution: --preset (or the run dir of --resume) → --config FILE.json → per-field flags below.
+    Envs: 'sim' (lifecycle simulator; the only one available now), 'host' (not available yet: refused)."""
+
+    train: Annotated[TrainingConfig, __import__("tyro").conf.arg(name="")]
+    preset: Literal["default", "cifar10", "cifar10-deep", "tinystories"] = "default"
+    """Hyperparameter preset (upstream's TrainingConfig constructors); see esper_jax/config.py."""
+    config: Optional[Path] = None
+    """Strict JSON config (keys of TrainingConfig; unknown keys, wrong types or ranges are refused)."""
+    out: Optional[Path] = None
+    """Run directory (default runs/<preset>-seed<seed>-<time>). Must not already hold checkpoints."""
+    resume: Optional[Path] = None
+    """Resume the run in this directory from its latest checkpoint (its config.json is the base config)."""
+    debug_nans: bool = False
+    """After every update, find the first parameter or gradient leaf with NaN/Inf and stop naming its path."""
+    max_intervals: Optional[int] = None
+    """Stop (with a checkpoint) after this many intervals in this invocation; resume later with --resume."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Compiled pieces
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Static:
+    env: Any
+    network: Any
+    ppo: Any
+    rollout: Any
+
+
+def build_static(cfg: TrainingConfig) -> Static:
+    from esper_jax import env as env_mod
+
+    if cfg.env != "sim":
+        raise ConfigError(f"env {cfg.env!r} is not available yet (real host networks land in a later issue); "
+                          f"available envs: {list(env_mod.ENV_NAMES)}")
+    env = env_mod.make(cfg.env, cfg.env_config())
+    return Static(env=env, network=cfg.network_config(), ppo=cfg.ppo_config(), rollout=cfg.rollout_config())
+
+
+def initial_state(cfg: TrainingConfig, static: Static) -> dict[str, Any]:
+    import jax
+    import numpy as np
+
+    from esper_jax import ppo, rollout
+
+    key = jax.random.PRNGKey(cfg.seed)
+    k_params, k_env, k_loop = jax.random.split(key, 3)
+    return strong_types({
+        "train": ppo.create_train_state(k_params, static.ppo, static.network),
+        "runner": rollout.init_runner(static.env, static.network, cfg.n_envs, k_env),
+        "key": k_loop,
+        "counters": {name: np.asarray(0, np.int64) for name in ("interval", "iteration", "env_steps", "episodes")},
+    })
+
+
+def strong_types(tree: Any) -> Any:
+    """Drop weak types so the interval function sees identical avals on every call (else it recompiles)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    return jax.tree.map(lambda x: x if isinstance(x, np.ndarray) else jnp.asarray(x, dtype=jnp.asarray(x).dtype), tree)
+
+
+def _grads(params, trajectory, train_state, static: Static):
+    import jax
+
+    from esper_jax import ppo
+
+    batch, _ = ppo.prepare_batch(trajectory, static.ppo)
+    coef = ppo.entropy_coefficient(static.ppo, train_state.train_steps)
+    loss_fn = functools.partial(ppo.compute_loss, config=static.ppo, network_config=static.network)
+    return jax.grad(lambda p: loss_fn(p, batch, coef)[0])(params)
+
+
+@functools.lru_cache(maxsize=None)
+def _interval_fn(static: Static, num_iterations: int, debug_nans: bool):
+    import jax
+    import jax.numpy as jnp
+
+    from esper_jax import ppo, rollout
+
+    def nonfinite_flags(tree):
+        return jnp.stack([~jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)])
+
+    def body(carry, key):
+        train_state, runner = carry
+        k_collect, k_update = jax.random.split(key)
+        runner, traj, rm = rollout.collect(
+            static.env, train_state.params, runner, train_state.obs_stats, k_collect,
+            network_config=static.network, config=static.rollout,
+        )
+        new_state, um = ppo.update(train_state, traj, k_update, config=static.ppo, network_config=static.network)
+        op = traj.actions.op
+        seed_ops = {name: jnp.sum(op == i) for i, name in ((1, "germinate"), (4, "fossilize"), (3, "prune"))}
+        out = {"rollout": rm, "update": um, "seed_ops": seed_ops}
+        if debug_nans:
+            out["grad_nonfinite"] = nonfinite_flags(_grads(train_state.params, traj, train_state, static))
+            out["param_nonfinite"] = nonfinite_flags(new_state.params)
+        return (new_state, runner), out
+
+    def run(train_state, runner, key):
+        key, sub = jax.random.split(key)
+        (train_state, runner), outs = jax.lax.scan(body, (train_state, runner), jax.random.split(sub, num_iterations))
+        return train_state, runner, key, outs
+
+    return jax.jit(run)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluation: trained vs random-masked vs always-WAIT, same env seeds
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _eval_fn(static: Static, num_envs: int, num_steps: int, compat: str):
+    import jax
+    import jax.numpy as jnp
+
+    from esper_jax import features as features_mod
+    from esper_jax import masks as masks_mod
+    from esper_jax import normalization, policy
+    from esper_jax.contracts import HEAD_NAMES, PerHead
+
+    env, net = static.env, static.network
+
+    kinds = ("sampled", "greedy", "random", "wait")
+
+    def choose(kind_index, params, obs_stats, carry, obs, key):
+        feats = features_mod.extract(obs, compat=compat, validate=False)
+        masks = masks_mod.compute(obs, static.rollout.mask_config)
+
+        def by_policy(deterministic):
+            def f(_):
+                normed = normalization.normalize(obs_stats, feats.features)
+                out = policy.get_action(params, net, carry, normed, feats.blueprint_indices, masks, key,
+                                        deterministic, validate=False)
+                return out.actions.map(lambda a: a.astype(jnp.int32)), out.carry
+            return f
+
+        def wait(_):
+            acts = {h: jnp.argmax(getattr(masks, h), axis=-1).astype(jnp.int32) for h in HEAD_NAMES}
+            acts["op"] = jnp.zeros_like(acts["op"])
+            return PerHead(**acts), carry
+
+        def random(_):
+            keys = jax.random.split(key, len(HEAD_NAMES))
+            op = jax.random.categorical(keys[0], jnp.where(masks.op, 0.0, -jnp.inf)).astype(jnp.int32)
+            acts = {}
+            for i, h in enumerate(HEAD_NAMES):
+                m = getattr(masks, h)
+                if h == "style":
+                    m = policy.style_mask_for_op(m, op)
+                acts[h] = op if h == "op" else jax.random.categorical(keys[i], jnp.where(m, 0.0, -jnp.inf)).astype(jnp.int32)
+            return PerHead(**acts), carry
+
+        return jax.lax.switch(kind_index, [by_policy(False), by_policy(True), random, wait], None)
+
+    def run(kind, params, obs_stats, key):
+        k_reset, k_steps = jax.random.split(key)
+        env_keys = jax.random.split(k_reset, num_envs)
+        state, obs = jax.vmap(env.reset)(env_keys)
+        carry = policy.initial_carry(net, (num_envs,))
+
+        def step(c, k):
+            state, obs, carry, ret = c
+            k_act, k_env = jax.random.split(k)
+            actions, carry = choose(kind, params, obs_stats, carry, obs, k_act)
+            out = jax.vmap(env.step)(state, actions, jax.random.split(k_env, num_envs))
+            info = out.info
+            comp = jax.tree.map(jnp.sum, dataclasses.asdict(info.reward_components)) if dataclasses.is_dataclass(
+                info.reward_components) else {}
+            eff = info.effective_op
+            ok = info.action_success
+            outcomes = {
+                "germinated": jnp.sum((eff == 1) & ok), "fossilized": jnp.sum((eff == 4) & ok),
+                "pruned": jnp.sum((eff == 3) & ok),
+            }
+            return (out.state, out.obs, carry, ret + out.reward), (comp, outcomes)
+
+        (_, _, _, ret), (comp, outcomes) = jax.lax.scan(
+            step, (state, obs, carry, jnp.zeros((num_envs,), jnp.float32)), jax.random.split(k_steps, num_steps)
+        )
+        return ret, jax.tree.map(lambda x: jnp.sum(x) / num_envs, comp), jax.tree.map(
+            lambda x: jnp.sum(x) / num_envs, outcomes)
+
+    return kinds, jax.jit(run)
+
+
+def evaluate_baselines(cfg: TrainingConfig, static: Static, train_state, seed: int | None = None) -> dict[str, Any]:
+    """Mean episode return (raw reward) of the trained policy (sampled and greedy), a random-masked-action policy
+    and an always-WAIT policy, each over ``eval_episodes`` envs with the same reset and step keys."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from esper_jax.telemetry import RewardComponentsTelemetry
+
+    kinds, fn = _eval_fn(static, cfg.eval_episodes, cfg.max_epochs, cfg.compat)
+    key = jax.random.PRNGKey(10_000_019 + (cfg.seed if seed is None else seed))
+    result: dict[str, Any] = {}
+    for index, kind in enumerate(kinds):
+        ret, comp, outcomes = fn(jnp.asarray(index, jnp.int32), train_state.params, train_state.obs_stats, key)
+        ret = np.asarray(ret)
+        result[kind] = {
+            "mean_return": float(ret.mean()),
+            "std_return": float(ret.std()),
+            "reward_components_per_episode": {k: float(v) for k, v in comp.items()},
+            "seed_outcomes_per_episode": {k: float(v) for k, v in outcomes.items()},
+            # the same per-episode sums under upstream's RewardComponentsTelemetry names (ppo.md §7.7)
+            "reward_telemetry": RewardComponentsTelemetry.from_env_components(
+                {k: float(v) for k, v in comp.items()}, num_fossilized_seeds=int(round(float(outcomes["fossilized"])))
+            ).to_dict(),
+        }
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class TrainResult:
+    run_dir: Path
+    state: dict[str, Any]
+    records: list[dict[str, Any]]
+    evaluation: dict[str, Any] | None
+    finished: bool
+
+
+def _scalar(x) -> float:
+    import numpy as np
+
+    return float(np.asarray(x))
+
+
+def _interval_record(interval: int, counters: dict[str, int], outs: dict[str, Any]) -> dict[str, Any]:
+    import numpy as np
+
+    rm, um = outs["rollout"], outs["update"]
+    episodes = np.asarray(rm.episodes_completed)
+    returns = np.asarray(rm.mean_episode_return)
+    total_eps = int(episodes.sum())
+    mean_return = float(np.nansum(np.where(episodes > 0, returns * episodes, 0.0)) / total_eps) if total_eps else None
+
+    def mean(x):
+        x = np.asarray(x, np.float64)
+        return float(np.nanmean(x)) if np.any(np.isfinite(x)) else None
+
+    rec = {
+        "interval": interval,
+        "iteration": counters["iteration"],
+        "env_steps": counters["env_steps"],
+        "episodes": counters["episodes"],
+        "train_steps": counters["iteration"],  # completed PPO updates (early-stopped ones included)
+        "mean_episode_return": mean_return,
+        "mean_raw_reward": mean(rm.mean_raw_reward),
+        "policy_loss": mean(um.policy_loss),
+        "value_loss": mean(um.value_loss),
+        "entropy": mean(um.entropy),
+        "loss": mean(um.loss),
+        "approx_kl": mean(um.approx_kl),
+        "clip_fraction": mean(um.clip_fraction),
+        "explained_variance": mean(um.explained_variance),
+        "grad_norm": mean(um.grad_norm),
+        "entropy_coef": mean(um.entropy_coef),
+        "early_stopped": int(np.asarray(um.early_stopped).sum()),
+        "entropy_per_head": {h: mean(v) for h, v in um.entropy_per_head.as_dict().items()},
+        "policy_loss_per_head": {h: mean(v) for h, v in um.policy_loss_per_head.as_dict().items()},
+        "seed_ops": {k: float(np.asarray(v).sum()) / max(total_eps, 1) for k, v in outs["seed_ops"].items()},
+        "mask_error": bool(np.asarray(rm.mask_error).any() or np.asarray(um.mask_error).any()),
+        "nonfinite_error": bool(np.asarray(rm.nonfinite_error).any()),
+    }
+    return rec
+
+
+def _default_run_dir(preset_name: str, cfg: TrainingConfig) -> Path:
+    return Path("runs") / f"{preset_name}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def train(
+    cfg: TrainingConfig,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    debug_nans: bool = False,
+    max_intervals: int | None = None,
+    evaluate: bool = True,
+    console=None,
+) -> TrainResult:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from esper_jax import telemetry
+    from esper_jax.checkpoint import Checkpointer, CheckpointError
+
+    run_dir = Path(run_dir)
+    static = build_static(cfg)  # refuses unavailable envs before touching the disk
+    config_dict = config_to_dict(cfg)
+
+    if resume:
+        ckpt = Checkpointer(run_dir, cfg.keep_checkpoints, create=False)
+        ckpt.check(config_dict)  # refuse a mismatched run before building anything
+        reference = initial_state(cfg, static)
+        state, meta = ckpt.restore(reference, config_dict)
+        # Same avals (dtype, weak type) and placement as a fresh state, so the compiled interval is reused.
+        state = jax.tree.map(
+            lambda ref, x: np.asarray(x, dtype=ref.dtype) if isinstance(ref, np.ndarray)
+            else jnp.asarray(np.asarray(x), dtype=ref.dtype),
+            reference, state,
+        )
+    else:
+        if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
+            raise CheckpointError(f"{run_dir} already holds checkpoints; use --resume {run_dir} or another --out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt = Checkpointer(run_dir, cfg.keep_checkpoints, create=True)
+        state = initial_state(cfg, static)
+    (run_dir / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
+
+    counters = {k: int(np.asarray(v)) for k, v in state["counters"].items()}
+    tele = cfg.telemetry
+    log = telemetry.MetricsLog(run_dir, tensorboard=tele.tensorboard and tele.level != "off",
+                               keep_intervals=counters["interval"])
+    plots = tele.plots and tele.level != "off"
+    steps_per_iteration = cfg.n_envs * cfg.max_epochs
+    total_steps = cfg.num_iterations * steps_per_iteration
+    param_paths = telemetry.leaf_paths(state["train"].params) if debug_nans else None
+
+    def save(interval: int) -> None:
+        ckpt.save(interval, state, {"config": config_dict})
+        if plots:
+            telemetry.plot_learning_curves(log.records, run_dir / "learning_curves.png")
+
+    progress = None
+    if tele.progress_bar:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(),
+            TextColumn("it {task.fields[it]}/{task.fields[its]}  steps {task.completed:,.0f}/{task.total:,.0f}  "
+                       "{task.fields[sps]:,.0f} steps/s  return {task.fields[ret]}"),
+            TimeRemainingColumn(),
+            console=console or Console(stderr=True), transient=False,
+        )
+        task = progress.add_task("train", total=total_steps, completed=counters["env_steps"], it=counters["iteration"],
+                                 its=cfg.num_iterations, sps=0.0, ret="-")
+        progress.start()
+
+    ran = 0
+    finished = counters["interval"] >= cfg.num_intervals
+    try:
+        while counters["interval"] < cfg.num_intervals:
+            if max_intervals is not None and ran >= max_intervals:
+                break
+            interval = counters["interval"]
+            n_it = cfg.interval_iterations(interval)
+            fn = _interval_fn(static, n_it, debug_nans)
+            t0 = time.perf_counter()
+            train_state, runner, key, outs = fn(state["train"], state["runner"], state["key"])
+            jax.block_until_ready(train_state.params)
+            elapsed = time.perf_counter() - t0
+            if debug_nans:
+                for name, flags_key, tree in (("gradient", "grad_nonfinite", None), ("parameter", "param_nonfinite", None)):
+                    flags = np.asarray(outs[flags_key])  # [n_it, leaves]
+                    hits = np.argwhere(flags)
+                    if hits.size:
+                        it, leaf = hits[0]
+                        raise FloatingPointError(
+                            f"--debug-nans: {name} leaf {param_paths[leaf]} holds NaN/Inf after the update of "
+                            f"iteration {counters['iteration'] + int(it)} (interval {interval})"
+                        )
+            counters["interval"] = interval + 1
+            counters["iteration"] += n_it
+            counters["env_steps"] += n_it * steps_per_iteration
+            counters["episodes"] += int(np.asarray(outs["rollout"].episodes_completed).sum())
+            state = {"train": train_state, "runner": runner, "key": key,
+                     "counters": {k: np.asarray(v, np.int64) for k, v in counters.items()}}
+            rec = _interval_record(interval, counters, outs)
+            sps = n_it * steps_per_iteration / max(elapsed, 1e-9)
+            log.append(rec, timing={"interval_seconds": elapsed, "env_steps_per_second": sps})
+            ran += 1
+            if progress is not None:
+                ret = rec["mean_episode_return"]
+                progress.update(task, completed=counters["env_steps"], it=counters["iteration"], sps=sps,
+                                ret="-" if ret is None else f"{ret:+.3f}")
+            done = counters["interval"] >= cfg.num_intervals
+            if done or counters["interval"] % cfg.checkpoint_every == 0 or (
+                    max_intervals is not None and ran >= max_intervals):
+                save(counters["interval"])
+            finished = done
+    finally:
+        if progress is not None:
+            progress.stop()
+        ckpt.close()
+
+    evaluation = None
+    if finished and evaluate:
+        evaluation = evaluate_baselines(cfg, static, state["train"])
+        (run_dir / "eval.json").write_text(json.dumps(evaluation, indent=2, sort_keys=True) + "\n")
+        log.add_scalars("eval", evaluation, counters["env_steps"])
+        if plots:
+            telemetry.plot_learning_curves(log.records, run_dir / "learning_curves.png")
+    log.close()
+    return TrainResult(run_dir=run_dir, state=state, records=log.records, evaluation=evaluation, finished=finished)
+
+
+def comparison_line(evaluation: dict[str, Any], episodes: int) -> str:
+    s, g, r, w = (evaluation[k]["mean_return"] for k in ("sampled", "greedy", "random", "wait"))
+    verdict = "beats" if s > r and s > w else "does NOT beat"
+    return (f"mean return over {episodes} eval episodes (same seeds): trained {s:+.3f} (greedy {g:+.3f}) | "
+            f"random-masked {r:+.3f} | always-WAIT {w:+.3f} → trained policy {verdict} both baselines")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> Args:
+    import tyro
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default="default")
+    pre.add_argument("--config", default=None)
+    pre.add_argument("--resume", default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.resume is not None:
+        from esper_jax.checkpoint import read_meta_config
+
+        base = TrainingConfig.from_dict(read_meta_config(Path(known.resume)))
+    else:
+        base = preset(known.preset)
+    if known.config is not None:
+        base = TrainingConfig.from_json_path(known.config, base)
+    default = Args(train=base, preset=known.preset if known.preset in PRESET_NAMES else "default")
+    return tyro.cli(Args, args=argv, default=default, description=__doc__.split("\n\n")[0])
+
+
+def main(argv: list[str] | None = None) -> int:
+    from esper_jax.checkpoint import CheckpointError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse_args(argv)
+        cfg = args.train
+        if args.resume is not None:
+            run_dir = args.resume
+            if args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve():
+                raise ConfigError("--out and --resume name different directories; a resumed run stays in its own")
+        else:
+            run_dir = args.out or _default_run_dir(args.preset, cfg)
+        print(f"run dir: {run_dir}  (env {cfg.env}, task {cfg.env_task}, slots {list(cfg.slots)}, "
+              f"{cfg.n_episodes} episodes = {cfg.num_iterations} iterations x {cfg.n_envs} envs x {cfg.max_epochs} "
+              f"steps, hidden {cfg.lstm_hidden_dim})", file=sys.stderr)
+        t0 = time.perf_counter()
+        result = train(cfg, run_dir, resume=args.resume is not None, debug_nans=args.debug_nans,
+                       max_intervals=args.max_intervals)
+    except (ConfigError, CheckpointError, FloatingPointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    wall = time.perf_counter() - t0
+    if result.evaluation is not None:
+        print(comparison_line(result.evaluation, cfg.eval_episodes))
+    print(f"{'finished' if result.finished else 'stopped'} after {wall:.1f}s; run dir {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
