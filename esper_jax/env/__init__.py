@@ -3,12 +3,15 @@ everything that needs real training (environment.md §8).
 
 ``make(name, config)`` returns an object with ``reset(key) -> (EnvState, Observation)`` and
 ``step(state, actions: PerHead[int32 scalar], key) -> StepOutput`` for ONE env (``esper_jax.rollout.Environment``);
-vmap over envs, scan over time. Available names: ``"sim"`` (the simulator oracle of §8.2). ``"host"`` (real host
-networks) arrives with the next issue.
+vmap over envs, scan over time. Available names: ``"sim"`` (the simulator oracle of §8.2) and ``"host"`` (real host
+CNNs trained with their seeds on device, §8.4: ``make("host")`` trains on scikit-learn's digits with the ``digits``
+task; any other CNN task takes ``dataset=esper_jax.env.host.from_arrays(...)``). Both share the exact lifecycle,
+signals and reward; only the oracle differs. The transformer-topology host is not implemented.
 
 Modules: ``config`` (EnvConfig), ``alpha`` (controller and curves), ``lifecycle`` (stages, gates, ops, tick),
 ``signals`` (measurements → state, feedback, Observation), ``reward`` (SHAPED components, normaliser helper),
-``oracle`` (oracle interface, simulator), ``core`` (reset/step wiring).
+``oracle`` (oracle interface, simulator), ``core`` (reset/step wiring), ``host/`` (the host-network oracle: data, CNN,
+blueprints, blend operators).
 
 Quirks of esper-lite 0872525b (environment.md §8.3) and how ``EnvConfig.compat`` treats them:
 
@@ -21,7 +24,7 @@ Quirks of esper-lite 0872525b (environment.md §8.3) and how ``EnvConfig.compat`
 | 4 | PBRS stage jump never paid (k ≥ 1 at reward time) | Φ_prev = Φ(stage, k − 1) | at k = 1 Φ_prev = Φ(previous stage, previous k), except just after germination (the GERMINATE shaping pays that jump) |
 | 5 | ADVANCE on HOLDING fossilises uncounted | runs G5, FOSSILIZED, no counters/credit, scored as WAIT | the action fails (no-op, success False, invalid) |
 | 6 | INSTANT prune regardless of controller mode | executes (scored as WAIT when not in HOLD) | needs HOLD, else fails |
-| 7 | gate never trained / MULTIPLY zero-init / SE not identity | host-network matter: not applicable to the simulator | — |
+| 7 | gate never trained / MULTIPLY zero-init / SE not identity | ``host``: the GATE network stays at its random init; MULTIPLY zero-inits each seed's last layer, SE's bias too (gate σ(0) = 0.5, not identity); SE born as x·σ(3) = x·0.953 | ``host``: the gate trains in its seed's optimizer group (clipped with it); MULTIPLY zero-init kept; SE gate is 2σ(·) with bias 0, identity at birth under every style (same parameter count). ``sim``: not applicable |
 | 8 | interaction from leave-one-out baselines; none for 2 seeds | I_ij = f({i,j}) − f(A∖i) − f(A∖j) + f(∅), 3–4 active seeds | I_ij = f({i,j}) − f({i}) − f({j}) + f(∅), 2–4 active seeds (K grows by S rows) |
 | 9 | default PPO slot set is r0c1 only | not reproduced in either mode: EnvConfig defaults to r0c0..r0c2 (the spec's reference) | same |
 | 10 | LM fused-validation reshape; LOSS-family sign | not applicable (SHAPED only; the simulator has no LM pass) | — |
@@ -31,7 +34,9 @@ Quirks of esper-lite 0872525b (environment.md §8.3) and how ``EnvConfig.compat`
 
 from __future__ import annotations
 
-from esper_jax.env.config import EnvConfig, RewardConfig, SimulatorConfig
+import functools
+
+from esper_jax.env.config import EnvConfig, HostConfig, RewardConfig, SimulatorConfig
 from esper_jax.env.core import EnvState, EsperEnv, StepInfo
 from esper_jax.env.reward import RewardComponents
 
@@ -40,6 +45,7 @@ __all__ = [
     "EnvConfig",
     "EnvState",
     "EsperEnv",
+    "HostConfig",
     "RewardComponents",
     "RewardConfig",
     "SimulatorConfig",
@@ -47,19 +53,41 @@ __all__ = [
     "make",
 ]
 
-ENV_NAMES: tuple[str, ...] = ("sim",)
+ENV_NAMES: tuple[str, ...] = ("sim", "host")
+HOST_DEFAULT_TASK = "digits"
 
 
-def make(name: str, config: EnvConfig | None = None) -> EsperEnv:
-    """Build an environment by name: ``"sim"`` (simulator oracle). Raises ValueError for any other name."""
-    config = EnvConfig() if config is None else config
+def make(name: str, config: EnvConfig | None = None, dataset=None) -> EsperEnv:
+    """Build an environment by name: ``"sim"`` (simulator oracle) or ``"host"`` (host-network oracle).
+
+    ``"host"`` without a config uses ``EnvConfig(task="digits")``; with the ``digits`` task and no ``dataset`` it
+    loads scikit-learn's digits. Other CNN tasks need ``dataset`` (an ``esper_jax.env.host.Dataset``, e.g. from
+    ``from_arrays``). Raises ValueError for unknown names and for data the task cannot take.
+    """
+    if name not in ENV_NAMES:
+        raise ValueError(f"unknown environment {name!r}; available: {ENV_NAMES}")
+    if config is None:
+        config = EnvConfig(task=HOST_DEFAULT_TASK) if name == "host" else EnvConfig()
     if not isinstance(config, EnvConfig):
         raise TypeError(f"config must be an EnvConfig, got {type(config).__name__}")
     if name == "sim":
+        if dataset is not None:
+            raise ValueError("dataset is only used by the 'host' environment")
         return EsperEnv.simulator(config)
-    if name == "host":
-        raise ValueError(
-            f"environment 'host' (real host networks) is not available yet: it arrives with the next issue; "
-            f"available: {ENV_NAMES}"
-        )
-    raise ValueError(f"unknown environment {name!r}; available: {ENV_NAMES}")
+    from esper_jax.env import host
+
+    if dataset is None:
+        if config.task != HOST_DEFAULT_TASK:
+            raise ValueError(
+                f"the 'host' environment on task {config.task!r} needs dataset=esper_jax.env.host.from_arrays(...); "
+                f"only task {HOST_DEFAULT_TASK!r} has built-in data"
+            )
+        dataset = _digits()
+    return EsperEnv(config=config, oracle=host.HostOracle.from_config(config, dataset))
+
+
+@functools.lru_cache(maxsize=1)
+def _digits():
+    from esper_jax.env.host import load_digits
+
+    return load_digits()

@@ -35,7 +35,9 @@ from esper_jax.contracts import (
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
     """One host preset: its topology, host parameter count, channels at each injection point (slot column
-    ``r0c{i}``) and the per-env batch size (the divisor of upstream's loss quirk, §1.6)."""
+    ``r0c{i}``), the per-env batch size (the divisor of upstream's loss quirk, §1.6; the host env's default
+    minibatch) and, for CNN hosts, the architecture the host env builds (``CNNHost``: 2×2 max-pool after block
+    ``i`` while ``i < pool_layers``, ``kernel_size`` convs, ``input_channels`` image channels)."""
 
     name: str
     topology: str
@@ -43,13 +45,19 @@ class TaskSpec:
     slot_channels: tuple[int, ...]
     batch_size: int
     num_classes: int
+    pool_layers: int = 0
+    kernel_size: int = 3
+    input_channels: int = 3
 
 
 TASKS: dict[str, TaskSpec] = {
-    "cifar10": TaskSpec("cifar10", "cnn", 6_418, (8, 16, 32), 512, 10),
-    "cifar10_deep": TaskSpec("cifar10_deep", "cnn", 99_922, (8, 16, 32, 64, 128), 128, 10),
-    "cifar10_blind": TaskSpec("cifar10_blind", "cnn", 2_986, (32, 64), 128, 10),
+    "cifar10": TaskSpec("cifar10", "cnn", 6_418, (8, 16, 32), 512, 10, pool_layers=3),
+    "cifar10_deep": TaskSpec("cifar10_deep", "cnn", 99_922, (8, 16, 32, 64, 128), 128, 10, pool_layers=5),
+    "cifar10_blind": TaskSpec("cifar10_blind", "cnn", 2_986, (32, 64), 128, 10, pool_layers=0, kernel_size=1),
     "tinystories": TaskSpec("tinystories", "transformer", 30_044_544, (384, 384, 384), 32, 50_257),
+    # The host env's default (environment.md §8.4): cifar10's CNNHost (8/16/32 channels, so every blueprint keeps
+    # its size relative to the host) on scikit-learn's 8×8 grey digits, pooled after blocks 0 and 1 (8→4→2 px).
+    "digits": TaskSpec("digits", "cnn", 6_274, (8, 16, 32), 64, 10, pool_layers=2, input_channels=1),
 }
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)
 
@@ -220,6 +228,46 @@ class SimulatorConfig:
 _BLUEPRINT_NAMES: dict[str, int] = {b.name.lower(): int(b) for b in BlueprintAction if b != BlueprintAction.NOOP}
 
 # --------------------------------------------------------------------------------------------------------------
+# Host-network oracle (environment.md §1.3, §5.3, §8.4)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class HostConfig:
+    """Training inside one host env. One RL step = ``minibatches_per_step`` SGD steps of ``batch_size`` images
+    (upstream runs a full pass of its shared loader; on digits that would saturate the host within a few steps, so
+    an RL step is a fraction of a digits epoch, §8.4), then the fused validation over the whole validation split."""
+
+    minibatches_per_step: int = 3
+    batch_size: int | None = None  # None: the task's batch size (64 on digits)
+    host_lr: float = 0.01
+    host_momentum: float = 0.9
+    host_weight_decay: float = 5e-4
+    seed_lr: float = 0.01
+    seed_momentum: float = 0.9
+    max_grad_norm: float = 1.0  # clipping per group: the host, and each slot's seed
+    gradient_stride: int = 10  # gradient statistics sampled on minibatches 0, stride, 2·stride, … (last kept)
+    norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name, minimum in (("minibatches_per_step", 1), ("gradient_stride", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+                raise ValueError(f"HostConfig.{name} must be an integer >= {minimum}, got {value!r}")
+        if self.batch_size is not None and (
+            isinstance(self.batch_size, bool) or not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 1
+        ):
+            raise ValueError(f"HostConfig.batch_size must be None (the task's) or an integer >= 1, got {self.batch_size!r}")
+        for name in ("host_lr", "seed_lr", "max_grad_norm", "norm_eps"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"HostConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("host_momentum", "seed_momentum"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"HostConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if not self.host_weight_decay >= 0:
+            raise ValueError(f"HostConfig.host_weight_decay must be >= 0, got {self.host_weight_decay!r}")
+
+# --------------------------------------------------------------------------------------------------------------
 # The environment
 # --------------------------------------------------------------------------------------------------------------
 
@@ -244,6 +292,7 @@ class EnvConfig:
     resetting_epochs: int = 1
     min_prune_age: int = MIN_PRUNE_AGE
     simulator: SimulatorConfig = SimulatorConfig()
+    host: HostConfig = HostConfig()
 
     def __post_init__(self) -> None:
         if not isinstance(self.slots, SlotConfig):
@@ -279,6 +328,8 @@ class EnvConfig:
             raise TypeError(f"EnvConfig.reward must be a RewardConfig, got {type(self.reward).__name__}")
         if not isinstance(self.simulator, SimulatorConfig):
             raise TypeError(f"EnvConfig.simulator must be a SimulatorConfig, got {type(self.simulator).__name__}")
+        if not isinstance(self.host, HostConfig):
+            raise TypeError(f"EnvConfig.host must be a HostConfig, got {type(self.host).__name__}")
 
     @classmethod
     def create(cls, num_slots: int = 3, **kwargs) -> "EnvConfig":
@@ -304,6 +355,11 @@ class EnvConfig:
     @property
     def slot_channels(self) -> tuple[int, ...]:
         return tuple(self.task_spec.slot_channels[c] for c in self.slot_columns)
+
+    @property
+    def host_batch_size(self) -> int:
+        """Minibatch size of the host env's SGD steps."""
+        return self.host.batch_size or self.task_spec.batch_size
 
     @property
     def host_params(self) -> float:

@@ -49,6 +49,20 @@ class StepInfo:
     epoch: jnp.ndarray  # int32: the epoch this action was taken at
 
 
+def slot_view(slots: lifecycle.Slots) -> SlotView:
+    """What the oracle sees of the slots when it trains and validates the next epoch."""
+    return SlotView(
+        stage=slots.stage,
+        blueprint=slots.blueprint,
+        seed_id=slots.seed_id,
+        algorithm=slots.algorithm,
+        alpha=slots.alpha,
+        epochs_total=slots.epochs_total,
+        has_module=slots.has_module,
+        frozen=slots.pending_prune | (slots.controller.mode == AlphaMode.DOWN),
+    )
+
+
 def _tree_select(pred: jnp.ndarray, on_true: Any, on_false: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
@@ -84,16 +98,7 @@ class EsperEnv:
         cfg = self.config
         epoch = state.tracker.epoch + 1
         slots = state.slots
-        view = SlotView(
-            stage=slots.stage,
-            blueprint=slots.blueprint,
-            seed_id=slots.seed_id,
-            algorithm=slots.algorithm,
-            alpha=slots.alpha,
-            epochs_total=slots.epochs_total,
-            has_module=slots.has_module,
-            frozen=slots.pending_prune | (slots.controller.mode == AlphaMode.DOWN),
-        )
+        view = slot_view(slots)
         configs = signals.validation_configs(slots, cfg)
         oracle_state, measurement = self.oracle.measure(state.oracle, view, configs, epoch, key)
         new_slots, tracker, feedback = signals.observe_epoch(

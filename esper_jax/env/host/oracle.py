@@ -1,0 +1,356 @@
+"""``HostOracle``: the env's measurements from a real host network trained with its seeds (environment.md §1.3,
+§1.4, §4.3, §4.4, §5.2, §5.3), one env at a time; vmap it with the env.
+
+``measure`` = bookkeeping of seeds born/fossilised since the last call → ``minibatches_per_step`` SGD steps
+(``lax.scan``) → the fused validation, one ``vmap`` over the K alpha configurations.
+
+Per slot, by stage (§4.4; CNN isolation: the seed always reads a detached copy of the host features):
+
+* no module / GERMINATED: y = h, the seed gets no gradient;
+* TRAINING: y = h + (s − stop_gradient(s)) — the value is h, the host's gradient is the host-only one, ∂L/∂s = ∂L/∂y;
+* BLENDING / HOLDING / FOSSILIZED: y = blend(h, s, alpha) with the slot's operator; where alpha is 0, y = h exactly.
+
+Optimisation (§1.3): the host by SGD (lr, momentum, weight decay) with its gradient norm clipped; each seed by its own
+SGD (no weight decay), clipped on its own, stepping in TRAINING, BLENDING, HOLDING and after fossilisation; frozen
+seeds (alpha ramping down to a prune) get no update. A seed's optimizer is fresh when it is germinated and again when
+it fossilises. Quirk 7: the GATE network stays at its initialisation under ``upstream`` and trains with its seed's
+group under ``fixed``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from esper_jax.contracts import AlphaAlgorithm, SeedStage
+from esper_jax.env.config import EnvConfig, HostConfig
+from esper_jax.env.host import cnn
+from esper_jax.env.host.blend import GateLayout, blend
+from esper_jax.env.host.blueprints import BRANCH_OF_BLUEPRINT, SlotLayout
+from esper_jax.env.host.data import Dataset
+from esper_jax.env.oracle import EXPLODING_NORM, VANISHING_NORM, Measurement, SlotView
+
+_BLENDED_STAGES = (SeedStage.BLENDING, SeedStage.HOLDING, SeedStage.FOSSILIZED)
+_LEARNING_STAGES = (SeedStage.TRAINING,) + _BLENDED_STAGES
+
+
+def _in(stage: jnp.ndarray, stages) -> jnp.ndarray:
+    return jnp.any(stage[..., None] == jnp.asarray([int(s) for s in stages], jnp.int32), axis=-1)
+
+
+@struct.dataclass
+class SlotParams:
+    """One slot's seed parameter union, its gate network and their SGD momenta."""
+
+    seed: jnp.ndarray  # [U]
+    seed_momentum: jnp.ndarray  # [U]
+    gate: jnp.ndarray  # [G]
+    gate_momentum: jnp.ndarray  # [G]
+
+
+@struct.dataclass
+class HostState:
+    host: cnn.HostParams
+    host_momentum: cnn.HostParams
+    slots: tuple[SlotParams, ...]  # one per enabled slot, in network order (their sizes differ with channels)
+    seed_id: jnp.ndarray  # int32 [S]: the seed the slot's parameters belong to (-1: none yet)
+    stage: jnp.ndarray  # int32 [S]: the stage seen at the last measurement
+    gate_live: jnp.ndarray  # bool [S]: a gate network was in use at the last measurement
+
+
+@struct.dataclass
+class SlotControl:
+    """How the forward pass treats each slot ([S] each)."""
+
+    branch: jnp.ndarray  # int32 blueprint branch
+    blended: jnp.ndarray  # bool: BLENDING/HOLDING/FOSSILIZED with a module
+    straight_through: jnp.ndarray  # bool: TRAINING (only matters for gradients)
+    alpha: jnp.ndarray  # float32
+    algorithm: jnp.ndarray  # int32 AlphaAlgorithm
+
+
+@struct.dataclass
+class GradientStats:
+    """§5.3 statistics of one sampled minibatch, [S] each."""
+
+    norm: jnp.ndarray
+    health: jnp.ndarray
+    vanishing: jnp.ndarray
+    exploding: jnp.ndarray
+    ratio: jnp.ndarray
+
+
+def _global_norm(tree) -> jnp.ndarray:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
+def _clip(tree, max_norm: float):
+    norm = _global_norm(tree)
+    # torch's clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is below 1.
+    factor = jnp.minimum(1.0, max_norm / (norm + 1e-6))
+    return jax.tree.map(lambda g: g * factor, tree)
+
+
+def _cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+    logp = jax.nn.log_softmax(logits)
+    return -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
+
+
+@dataclasses.dataclass(frozen=True)
+class HostOracle:
+    """Real host networks (hashable: part of the static env; the dataset hashes by content)."""
+
+    spec: cnn.HostSpec
+    layouts: tuple[SlotLayout, ...]  # per enabled slot
+    gates: tuple[GateLayout, ...]
+    slot_blocks: tuple[int, ...]  # host block of each enabled slot
+    host: HostConfig
+    batch_size: int
+    compat: str
+    data: Dataset
+
+    @classmethod
+    def from_config(cls, cfg: EnvConfig, data: Dataset) -> "HostOracle":
+        task = cfg.task_spec
+        if task.topology != "cnn":
+            raise ValueError(f"the host env builds CNN hosts; task {cfg.task!r} has topology {task.topology!r}")
+        if not isinstance(data, Dataset):
+            raise TypeError(f"dataset must be an esper_jax.env.host.data.Dataset, got {type(data).__name__}")
+        h, w, c = data.image_shape
+        if c != task.input_channels:
+            raise ValueError(f"task {cfg.task!r} expects {task.input_channels}-channel images, the dataset has {c}")
+        if h % (1 << task.pool_layers) or w % (1 << task.pool_layers):
+            raise ValueError(
+                f"task {cfg.task!r} pools {task.pool_layers} times: image height/width must be divisible by "
+                f"{1 << task.pool_layers}, got {(h, w)}"
+            )
+        if data.num_classes != task.num_classes:
+            raise ValueError(f"task {cfg.task!r} has {task.num_classes} classes, the dataset {data.num_classes}")
+        batch = cfg.host_batch_size
+        if cfg.host.minibatches_per_step * batch > data.num_train:
+            raise ValueError(
+                f"HostConfig.minibatches_per_step × batch size = {cfg.host.minibatches_per_step} × {batch} exceeds "
+                f"the {data.num_train} training images (one RL step draws its minibatches without replacement)"
+            )
+        spec = cnn.HostSpec(
+            input_channels=task.input_channels,
+            channels=task.slot_channels,
+            pool_layers=task.pool_layers,
+            kernel_size=task.kernel_size,
+            num_classes=task.num_classes,
+            eps=cfg.host.norm_eps,
+        )
+        return cls(
+            spec=spec,
+            layouts=tuple(SlotLayout(c, cfg.compat, cfg.host.norm_eps) for c in cfg.slot_channels),
+            gates=tuple(GateLayout(c) for c in cfg.slot_channels),
+            slot_blocks=cfg.slot_columns,
+            host=cfg.host,
+            batch_size=batch,
+            compat=cfg.compat,
+            data=data,
+        )
+
+    @property
+    def num_slots(self) -> int:
+        return len(self.layouts)
+
+    # ---- the network with its slots ------------------------------------------------------------------------
+
+    def forward(self, host: cnn.HostParams, slots: tuple[SlotParams, ...], ctrl: SlotControl, images: jnp.ndarray):
+        slot_of_block = {b: i for i, b in enumerate(self.slot_blocks)}
+
+        def inject(block: int, h: jnp.ndarray) -> jnp.ndarray:
+            if block not in slot_of_block:
+                return h
+            i = slot_of_block[block]
+            x_s = jax.lax.stop_gradient(h)
+            s = self.layouts[i].apply(ctrl.branch[i], slots[i].seed, x_s)
+            gate = self.gates[i].apply(slots[i].gate, x_s)
+            blended = blend(ctrl.algorithm[i], h, s, x_s, ctrl.alpha[i], gate)
+            straight = h + (s - jax.lax.stop_gradient(s))
+            on = ctrl.blended[i] & (ctrl.alpha[i] > 0.0)
+            return jnp.where(on, blended, jnp.where(ctrl.straight_through[i], straight, h))
+
+        return cnn.forward(self.spec, host, images, inject)
+
+    def host_only(self, host: cnn.HostParams, images: jnp.ndarray) -> jnp.ndarray:
+        return cnn.forward(self.spec, host, images, cnn.no_injection)
+
+    def control(self, view: SlotView, alpha: jnp.ndarray | None = None) -> SlotControl:
+        return SlotControl(
+            branch=jnp.asarray(BRANCH_OF_BLUEPRINT)[jnp.clip(view.blueprint, 0, len(BRANCH_OF_BLUEPRINT) - 1)],
+            blended=view.has_module & _in(view.stage, _BLENDED_STAGES),
+            straight_through=view.has_module & (view.stage == SeedStage.TRAINING),
+            alpha=view.alpha if alpha is None else alpha,
+            algorithm=view.algorithm,
+        )
+
+    # ---- Oracle protocol -----------------------------------------------------------------------------------
+
+    def init(self, key: jax.Array) -> HostState:
+        k_host, k_slots = jax.random.split(key)
+        host = cnn.init_host(self.spec, k_host)
+        slots = tuple(
+            SlotParams(
+                seed=jnp.zeros((lay.size,), jnp.float32),
+                seed_momentum=jnp.zeros((lay.size,), jnp.float32),
+                gate=jnp.zeros((g.size,), jnp.float32),
+                gate_momentum=jnp.zeros((g.size,), jnp.float32),
+            )
+            for lay, g in zip(self.layouts, self.gates)
+        )
+        s = self.num_slots
+        return HostState(
+            host=host,
+            host_momentum=jax.tree.map(jnp.zeros_like, host),
+            slots=slots,
+            seed_id=jnp.full((s,), -1, jnp.int32),
+            stage=jnp.full((s,), SeedStage.DORMANT, jnp.int32),
+            gate_live=jnp.zeros((s,), jnp.bool_),
+        )
+
+    def _sync_seeds(self, state: HostState, view: SlotView, key: jax.Array) -> HostState:
+        """Fresh parameters for newly germinated seeds and newly built gates; fresh optimizers on fossilisation."""
+        branch = self.control(view).branch
+        born = view.has_module & (view.seed_id != state.seed_id)
+        fossilised = (view.stage == SeedStage.FOSSILIZED) & (state.stage != SeedStage.FOSSILIZED)
+        gate_live = view.has_module & (view.algorithm == AlphaAlgorithm.GATE) & _in(view.stage, _BLENDED_STAGES)
+        gate_new = gate_live & (~state.gate_live | born)
+        multiply = view.algorithm == AlphaAlgorithm.MULTIPLY
+        keys = jax.random.split(key, 2 * self.num_slots)
+        slots = []
+        for i, (lay, gl, p) in enumerate(zip(self.layouts, self.gates, state.slots)):
+            seed = jnp.where(born[i], lay.init(keys[2 * i], branch[i], multiply[i]), p.seed)
+            reset = born[i] | fossilised[i]
+            gate = jnp.where(gate_new[i], gl.init(keys[2 * i + 1]), p.gate)
+            slots.append(SlotParams(
+                seed=seed,
+                seed_momentum=jnp.where(reset, 0.0, p.seed_momentum),
+                gate=gate,
+                gate_momentum=jnp.where(reset | gate_new[i], 0.0, p.gate_momentum),
+            ))
+        return state.replace(
+            slots=tuple(slots),
+            seed_id=jnp.where(view.has_module, view.seed_id, state.seed_id),
+            stage=view.stage,
+            gate_live=gate_live,
+        )
+
+    def _gradient_stats(
+        self, host_grads: cnn.HostParams, seed_grads: tuple[jnp.ndarray, ...], ctrl: SlotControl, sampled: jnp.ndarray
+    ) -> GradientStats:
+        host_norm = _global_norm(host_grads)
+        host_per = host_norm / np.sqrt(self.spec.param_count())
+        norms, healths, vans, exps, ratios = [], [], [], [], []
+        for i, (lay, g) in enumerate(zip(self.layouts, seed_grads)):
+            branch = ctrl.branch[i]
+            t = lay.max_tensors
+            per_tensor = jnp.sqrt(jax.ops.segment_sum(jnp.square(g), jnp.asarray(lay.segments)[branch], t + 1)[:t])
+            n_tensors = jnp.asarray([len(ts) for ts in lay.tensors])[branch]
+            real = jnp.arange(t) < n_tensors
+            f_vanish = jnp.sum(real & (per_tensor < VANISHING_NORM)) / n_tensors
+            f_explode = jnp.sum(real & (per_tensor > EXPLODING_NORM)) / n_tensors
+            total = jnp.sqrt(jnp.sum(jnp.square(g)))
+            n_seed = jnp.asarray(lay.param_counts, jnp.float32)[branch]
+            ratio = (total / jnp.sqrt(n_seed)) / (host_per + 1e-8)
+            norms.append(total / n_tensors)
+            healths.append(jnp.clip(1.0 - 0.5 * f_vanish - 0.8 * f_explode, 0.0, 1.0))
+            vans.append(f_vanish > 0)
+            exps.append(f_explode > 0)
+            ratios.append(jnp.where((total < 1e-8) | (host_norm < 1e-8), 0.0, ratio))
+        stack = jnp.stack
+        return GradientStats(
+            norm=jnp.where(sampled, stack(norms), 0.0),
+            health=jnp.where(sampled, stack(healths), 1.0),
+            vanishing=sampled & stack(vans),
+            exploding=sampled & stack(exps),
+            ratio=jnp.where(sampled, stack(ratios), 0.0),
+        )
+
+    def _train(self, state: HostState, view: SlotView, key: jax.Array) -> tuple[HostState, GradientStats]:
+        hc = self.host
+        ctrl = self.control(view)
+        learning = view.has_module & _in(view.stage, _LEARNING_STAGES) & ~view.frozen
+        gate_learning = learning & state.gate_live & jnp.asarray(self.compat != "upstream")
+        # Statistics of frozen seeds: upstream's frozen parameters carry no gradients, so there is nothing to sample.
+        sampled = (
+            view.has_module & ((view.stage == SeedStage.TRAINING) | (view.stage == SeedStage.BLENDING)) & ~view.frozen
+        )
+        images = jnp.asarray(self.data.train_images)
+        labels = jnp.asarray(self.data.train_labels)
+        m, b = hc.minibatches_per_step, self.batch_size
+        batches = jax.random.permutation(key, self.data.num_train)[: m * b].reshape(m, b)
+
+        def loss_fn(trainable, x, y):
+            host, slots = trainable
+            return jnp.mean(_cross_entropy(self.forward(host, slots, ctrl, x), y))
+
+        def sgd(p, buf, g, lr, momentum, on):
+            new_buf = momentum * buf + g
+            return jnp.where(on, p - lr * new_buf, p), jnp.where(on, new_buf, buf)
+
+        def body(carry, inputs):
+            st, stats = carry
+            index, idx = inputs
+            grads = jax.grad(loss_fn)((st.host, st.slots), images[idx], labels[idx])
+            host_g, slot_g = grads
+            fresh = self._gradient_stats(host_g, tuple(g.seed for g in slot_g), ctrl, sampled)
+            take = index % hc.gradient_stride == 0
+            stats = jax.tree.map(lambda new, old: jnp.where(take, new, old), fresh, stats)
+
+            host_g = _clip(host_g, hc.max_grad_norm)
+            host_g = jax.tree.map(lambda g, p: g + hc.host_weight_decay * p, host_g, st.host)
+            host_m = jax.tree.map(lambda buf, g: hc.host_momentum * buf + g, st.host_momentum, host_g)
+            host = jax.tree.map(lambda p, buf: p - hc.host_lr * buf, st.host, host_m)
+
+            slots = []
+            for i, (p, g) in enumerate(zip(st.slots, slot_g)):
+                # The gate joins its seed's group only where it trains (fixed mode), so upstream's clip ignores it.
+                gate_g = jnp.where(gate_learning[i], g.gate, 0.0)
+                seed_g, gate_g = _clip((g.seed, gate_g), hc.max_grad_norm)
+                seed, seed_m = sgd(p.seed, p.seed_momentum, seed_g, hc.seed_lr, hc.seed_momentum, learning[i])
+                gate, gate_m = sgd(p.gate, p.gate_momentum, gate_g, hc.seed_lr, hc.seed_momentum, gate_learning[i])
+                slots.append(SlotParams(seed=seed, seed_momentum=seed_m, gate=gate, gate_momentum=gate_m))
+            st = st.replace(host=host, host_momentum=host_m, slots=tuple(slots))
+            return (st, stats), None
+
+        zeros = jnp.zeros((self.num_slots,), jnp.float32)
+        no_flags = jnp.zeros((self.num_slots,), jnp.bool_)
+        empty = GradientStats(norm=zeros, health=zeros + 1.0, vanishing=no_flags, exploding=no_flags, ratio=zeros)
+        (state, stats), _ = jax.lax.scan(body, (state, empty), (jnp.arange(m), batches))
+        return state, stats
+
+    def validate(self, state: HostState, view: SlotView, configs: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """(accuracy % [K], mean loss [K]) on the whole validation split, one vmap over the alpha rows."""
+        images = jnp.asarray(self.data.val_images)
+        labels = jnp.asarray(self.data.val_labels)
+        base = self.control(view).replace(straight_through=jnp.zeros_like(view.has_module))
+
+        def one(alpha):
+            logits = self.forward(state.host, state.slots, base.replace(alpha=alpha), images)
+            correct = jnp.argmax(logits, axis=-1) == labels
+            return 100.0 * jnp.mean(correct.astype(jnp.float32)), jnp.mean(_cross_entropy(logits, labels))
+
+        return jax.vmap(one)(configs)
+
+    def measure(
+        self, state: HostState, view: SlotView, configs: jnp.ndarray, epoch: jnp.ndarray, key: jax.Array
+    ) -> tuple[HostState, Measurement]:
+        k_sync, k_train = jax.random.split(key)
+        state = self._sync_seeds(state, view, k_sync)
+        state, stats = self._train(state, view, k_train)
+        acc, loss = self.validate(state, view, configs)
+        return state, Measurement(
+            val_accuracy=acc,
+            val_loss=loss,
+            gradient_norm=stats.norm,
+            gradient_health=stats.health,
+            has_vanishing=stats.vanishing,
+            has_exploding=stats.exploding,
+            gradient_ratio=stats.ratio,
+        )
