@@ -33,8 +33,12 @@ from esper_jax.env.host.blueprints import SlotLayout, num_groups
 
 W, G, SET, P, F, A = (int(o) for o in LifecycleOp)
 
-# Two slots (8 and 16 channels) keep the compiled step small; K = 7 fused-validation rows in fixed mode.
-CFG = EnvConfig.create(2, task="digits", episode_length=40, host=HostConfig(minibatches_per_step=2))
+# Two slots (8 and 16 channels) keep the compiled step small (K = 7 fused-validation rows in fixed mode), and 4
+# minibatches of 32 per step let the host learn within a short test episode. Every env-level test below shares the
+# two compiled functions of ``_env`` (plus their vmapped pair): compiling a host step is the expensive part.
+CFG = EnvConfig.create(
+    2, task="digits", episode_length=30, host=HostConfig(minibatches_per_step=4, batch_size=32)
+)
 
 
 # ---- static: sizes and configuration -------------------------------------------------------------------------
@@ -87,7 +91,7 @@ def test_bad_configs_and_data_are_rejected_with_the_field_named():
         from_arrays(np.zeros((8, 32, 32), np.float32), np.zeros(8, int), np.zeros((4, 32, 32), np.float32),
                     np.zeros(4, int))
     with pytest.raises(ValueError, match="exceeds"):
-        make("host", EnvConfig(task="digits", host=HostConfig(minibatches_per_step=40)))
+        make("host", EnvConfig(task="digits", host=HostConfig(minibatches_per_step=100)))
 
 
 # ---- blueprints and blend operators --------------------------------------------------------------------------
@@ -158,43 +162,6 @@ def test_every_blend_operator_is_the_identity_at_alpha_zero():
 # ---- a seedless host learns ------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
-def _seedless_curve_fn(cfg: EnvConfig, steps: int):
-    env = make("host", cfg)
-    oracle = env.oracle
-    slots = lifecycle.empty_slots(cfg.num_slots)
-    view, configs = slot_view(slots), signals.validation_configs(slots, cfg)
-
-    def episode(key):
-        k0, k1 = jax.random.split(key)
-
-        def body(state, k):
-            state, m = oracle.measure(state, view, configs, jnp.asarray(0), k)
-            return state, m.val_accuracy[0]
-
-        return jax.lax.scan(body, oracle.init(k0), jax.random.split(k1, steps))[1]
-
-    return jax.jit(episode)
-
-
-def test_seedless_host_learns_digits_reduced():
-    """Reduced budget for the default run: one slot, 8 minibatches per step, 40 steps (the full-size 150-step curve
-    is the slow test below)."""
-    cfg = EnvConfig.create(1, task="digits", host=HostConfig(minibatches_per_step=8))
-    acc = np.asarray(_seedless_curve_fn(cfg, 40)(jax.random.PRNGKey(0)))
-    assert acc[0] < 50.0
-    assert acc[-5:].mean() > 80.0, acc
-
-
-@pytest.mark.slow
-def test_seedless_host_is_above_80_and_still_improving_at_epoch_150():
-    cfg = EnvConfig(task="digits")
-    curves = np.stack([np.asarray(_seedless_curve_fn(cfg, 150)(jax.random.PRNGKey(s))) for s in range(3)])
-    mean = curves.mean(axis=0)
-    assert mean[-1] > 80.0, mean
-    assert mean[140:150].mean() > mean[100:110].mean(), mean
-
-
 # ---- whole seeds through the env -------------------------------------------------------------------------------
 
 
@@ -221,7 +188,7 @@ def _scripted_run(seed=0):
     plan = [act(G, 0), act(G, 1, BlueprintAction.BOTTLENECK, GerminationStyle.GATED_GATE), act(A, 0), act(A, 1),
             act(W, 0), act(W, 0), act(A, 0), act(A, 1)]
     pruned = False
-    for t in range(CFG.episode_length - 1):
+    for t in range(20):
         slots = state.slots
         stage = np.asarray(slots.stage)
         hold = np.asarray(slots.controller.mode) == AlphaMode.HOLD
@@ -247,6 +214,51 @@ def scripted_run(seed=0):
     return _scripted_run(seed)
 
 
+def test_seedless_host_learns_digits_reduced():
+    """Reduced form for the default run (the test config's larger minibatches, 25 steps, WAIT only); the default
+    config's full 150-step curve is the slow test below."""
+    _, reset, step, _ = _env()
+    state, _ = reset(jax.random.PRNGKey(3))
+    first = float(state.tracker.val_accuracy)
+    key = jax.random.PRNGKey(4)
+    accs = []
+    for _ in range(25):
+        key, k = jax.random.split(key)
+        state = step(state, act(W, 0), k).state
+        accs.append(float(state.tracker.val_accuracy))
+    assert first < 50.0
+    assert np.mean(accs[-3:]) > 80.0, accs
+    assert not bool(np.asarray(state.slots.has_module).any())
+
+
+@functools.lru_cache(maxsize=None)
+def _seedless_curve_fn(cfg: EnvConfig, steps: int):
+    env = make("host", cfg)
+    oracle = env.oracle
+    slots = lifecycle.empty_slots(cfg.num_slots)
+    view, configs = slot_view(slots), signals.validation_configs(slots, cfg)
+
+    def episode(key):
+        k0, k1 = jax.random.split(key)
+
+        def body(state, k):
+            state, m = oracle.measure(state, view, configs, jnp.asarray(0), k)
+            return state, m.val_accuracy[0]
+
+        return jax.lax.scan(body, oracle.init(k0), jax.random.split(k1, steps))[1]
+
+    return jax.jit(jax.vmap(episode))
+
+
+@pytest.mark.slow
+def test_seedless_host_is_above_80_and_still_improving_at_epoch_150():
+    """The default config (digits, 2 minibatches of 16 per step): a seedless host over one 150-step episode."""
+    curves = np.asarray(_seedless_curve_fn(EnvConfig(task="digits"), 150)(jax.random.split(jax.random.PRNGKey(0), 4)))
+    mean = curves.mean(axis=0)
+    assert mean[-1] > 80.0, mean
+    assert mean[140:150].mean() > mean[100:110].mean(), mean
+
+
 def test_a_seed_grown_to_fossil_changes_the_host_and_its_contribution_is_measured():
     env, _, _, probe = _env()
     states, _ = scripted_run()
@@ -268,7 +280,8 @@ def test_a_seed_grown_to_fossil_changes_the_host_and_its_contribution_is_measure
     host_only = env.oracle.host_only(final.oracle.host, x)
     assert float(jnp.max(jnp.abs(with_seed - host_only))) > 1e-3
     np.testing.assert_array_equal(ablated, without)
-    np.testing.assert_array_equal(without, host_only)  # slot 1 was pruned: nothing else is left
+    # Slot 1 was pruned: nothing else is left (a different compiled program, so equal up to float rounding).
+    np.testing.assert_allclose(without, host_only, rtol=1e-5, atol=1e-5)
 
 
 def test_a_pruned_seed_leaves_the_host_function_exactly():
@@ -291,6 +304,43 @@ def test_a_pruned_seed_leaves_the_host_function_exactly():
     )
 
 
+@functools.lru_cache(maxsize=None)
+def _measure_fns():
+    """One slot, one minibatch of 16: the smallest oracle whose vmapped and single compiles can be compared."""
+    cfg = EnvConfig.create(1, task="digits", host=HostConfig(minibatches_per_step=1))
+    oracle = make("host", cfg).oracle
+
+    def two_epochs(key, view_a, view_b, configs):
+        k0, k1, k2 = jax.random.split(key, 3)
+        state = oracle.init(k0)
+        state, m_a = oracle.measure(state, view_a, configs, jnp.asarray(1), k1)
+        state, m_b = oracle.measure(state, view_b, configs, jnp.asarray(2), k2)
+        return state, m_a, m_b
+
+    return cfg, jax.jit(two_epochs), jax.jit(jax.vmap(two_epochs, in_axes=(0, None, None, None)))
+
+
+def test_vmapped_oracle_with_the_same_key_equals_a_single_oracle():
+    """Reduced form of the vmap test below: a germinated seed, then one training epoch, at the oracle level."""
+    cfg, single, batched = _measure_fns()
+    slots = lifecycle.empty_slots(1).replace(
+        stage=jnp.asarray([SeedStage.GERMINATED], jnp.int32), blueprint=jnp.asarray([BlueprintAction.CONV_LIGHT]),
+        seed_id=jnp.asarray([0], jnp.int32),
+    )
+    view_a = slot_view(slots)
+    view_b = slot_view(slots.replace(stage=jnp.asarray([SeedStage.TRAINING], jnp.int32)))
+    configs = signals.validation_configs(slots, cfg)
+    keys = jnp.stack([jax.random.PRNGKey(0), jax.random.PRNGKey(0), jax.random.PRNGKey(9)])
+    out = jax.tree.map(np.asarray, batched(keys, view_a, view_b, configs))
+    one = jax.tree.map(np.asarray, single(keys[0], view_a, view_b, configs))
+    jax.tree.map(lambda b, s: np.testing.assert_allclose(b[0], s, rtol=1e-5, atol=1e-6), out, one)
+    jax.tree.map(lambda b: np.testing.assert_array_equal(b[0], b[1]), out)
+    state, _, m_b = out
+    assert m_b.gradient_norm[0, 0] > 0.0  # the TRAINING seed was sampled: its statistics are live
+    assert not np.array_equal(state.slots[0].seed[0], state.slots[0].seed[2])
+
+
+@pytest.mark.slow
 def test_vmapped_envs_with_the_same_key_equal_a_single_env():
     env, _, _, _ = _env()
     states, actions = scripted_run()

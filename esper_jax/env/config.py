@@ -57,7 +57,7 @@ TASKS: dict[str, TaskSpec] = {
     "tinystories": TaskSpec("tinystories", "transformer", 30_044_544, (384, 384, 384), 32, 50_257),
     # The host env's default (environment.md §8.4): cifar10's CNNHost (8/16/32 channels, so every blueprint keeps
     # its size relative to the host) on scikit-learn's 8×8 grey digits, pooled after blocks 0 and 1 (8→4→2 px).
-    "digits": TaskSpec("digits", "cnn", 6_274, (8, 16, 32), 64, 10, pool_layers=2, input_channels=1),
+    "digits": TaskSpec("digits", "cnn", 6_274, (8, 16, 32), 16, 10, pool_layers=2, input_channels=1),
 }
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)
 
@@ -238,8 +238,8 @@ class HostConfig:
     (upstream runs a full pass of its shared loader; on digits that would saturate the host within a few steps, so
     an RL step is a fraction of a digits epoch, §8.4), then the fused validation over the whole validation split."""
 
-    minibatches_per_step: int = 3
-    batch_size: int | None = None  # None: the task's batch size (64 on digits)
+    minibatches_per_step: int = 2
+    batch_size: int | None = None  # None: the task's batch size (16 on digits)
     host_lr: float = 0.01
     host_momentum: float = 0.9
     host_weight_decay: float = 5e-4
