@@ -308,6 +308,45 @@ def measured(
     )
 
 
+def jax_row(
+    bench: str,
+    jitted: Any,
+    args: Sequence[Any],
+    options: Options,
+    *,
+    work: float,
+    unit: str,
+    envs: int,
+    slots: int,
+    note: str,
+    seq_len: int | None = None,
+    static: dict[str, Any] | None = None,
+    label: tuple[str, int] | None = None,
+    caller: Callable[[Callable[..., Any]], Callable[[], Any]] | None = None,
+) -> Measurement:
+    """The esper_jax row of a benchmark: compile ``jitted`` ahead of time on ``args`` (``static``: its static
+    keyword arguments; ``label``: record the cost for the compile benchmark), time it, describe the device.
+
+    ``caller`` turns the compiled function into the zero-argument call that is timed; by default every call
+    reuses ``args`` (a benchmark that threads state from one call to the next, like ``train``, passes its own)."""
+    compiled = compile_jax(jitted, *args, label=label, **(static or {}))
+    call = caller(compiled.fn) if caller is not None else (lambda: compiled.fn(*args))
+    return measured(
+        bench,
+        JAX,
+        time_jax(call, options),
+        work=work,
+        unit=unit,
+        device=jax_device(),
+        matmul_precision=jax_matmul_precision(),
+        envs=envs,
+        slots=slots,
+        seq_len=seq_len,
+        compile_s=compiled.compile_s,
+        note=note,
+    )
+
+
 def skipped(bench: str, impl: str, reason: str, **fields: Any) -> Measurement:
     return Measurement(bench=bench, impl=impl, status="skipped", note=reason, **fields)
 

@@ -14,7 +14,7 @@ import sys
 import jax
 
 from bench import common
-from bench.common import JAX, TORCH, Measurement, Options
+from bench.common import TORCH, Measurement, Options
 from esper_jax import features as features_mod
 from esper_jax import masks as masks_mod
 from esper_jax.contracts import SlotConfig
@@ -35,19 +35,15 @@ _jax_observe_jit = jax.jit(_jax_observe)
 
 
 def _measure_jax(obs, num_envs: int, num_slots: int, options: Options) -> Measurement:
-    compiled = common.compile_jax(_jax_observe_jit, obs)
-    timing = common.time_jax(lambda: compiled.fn(obs), options)
-    return common.measured(
+    return common.jax_row(
         NAME,
-        JAX,
-        timing,
+        _jax_observe_jit,
+        (obs,),
+        options,
         work=num_envs,
         unit="env",
-        device=common.jax_device(),
-        matmul_precision=common.jax_matmul_precision(),
         envs=num_envs,
         slots=num_slots,
-        compile_s=compiled.compile_s,
         note="jit(extract + masks.compute), validate=False",
     )
 

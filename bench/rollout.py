@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from bench import common, fixtures
-from bench.common import JAX, TORCH, Measurement, Options
+from bench.common import TORCH, Measurement, Options
 from esper_jax import policy
 from esper_jax.contracts import HEAD_NAMES
 
@@ -58,21 +58,18 @@ def build_jax(num_envs: int, num_steps: int = SEQ_LEN, torch_net: Any = None):
 
 def measure_jax(num_envs: int, options: Options, torch_net: Any = None, unroll: int = 1) -> Measurement:
     jitted, args, kwargs, config, params = build_jax(num_envs, torch_net=torch_net)
-    label = ("rollout", num_envs) if unroll == 1 else None
-    compiled = common.compile_jax(jitted, *args, **kwargs, unroll=unroll, label=label)
-    timing = common.time_jax(lambda: compiled.fn(*args), options)
-    return common.measured(
+    return common.jax_row(
         NAME,
-        JAX,
-        timing,
+        jitted,
+        args,
+        options,
+        static=dict(kwargs, unroll=unroll),
+        label=("rollout", num_envs) if unroll == 1 else None,
         work=num_envs * SEQ_LEN,
         unit="env-step",
-        device=common.jax_device(),
-        matmul_precision=common.jax_matmul_precision(),
         envs=num_envs,
         slots=config.num_slots,
         seq_len=SEQ_LEN,
-        compile_s=compiled.compile_s,
         note=f"lax.scan of get_action, precomputed per-step inputs, {fixtures.describe(config, params)}"
         + (f", unroll={unroll}" if unroll != 1 else ""),
     )

@@ -109,29 +109,32 @@ def _previous_throughput(previous: Path | None, env_name: str, num_envs: int) ->
 
 def measure(num_envs: int, env_name: str, options: Options, previous: Path | None) -> Measurement:
     jitted, args, kwargs, config, params = build_jax(num_envs, env_name)
-    label = ("train_interval", num_envs) if env_name == "sim" else None
-    compiled = common.compile_jax(jitted, *args, **kwargs, label=label)
-    state = {"train": args[0], "runner": args[1], "key": args[2]}
 
-    def call():
-        state["key"], key = jax.random.split(state["key"])
-        train_state, runner, metrics = compiled.fn(state["train"], state["runner"], key)
-        state["train"], state["runner"] = train_state, runner
-        return train_state, runner, metrics
+    def caller(interval):
+        # Train state, runner state and key are threaded from one timed call to the next, as training does.
+        state = {"train": args[0], "runner": args[1], "key": args[2]}
 
-    timing = common.time_jax(call, options)
-    row = common.measured(
+        def call():
+            state["key"], key = jax.random.split(state["key"])
+            train_state, runner, metrics = interval(state["train"], state["runner"], key)
+            state["train"], state["runner"] = train_state, runner
+            return train_state, runner, metrics
+
+        return call
+
+    row = common.jax_row(
         NAME,
-        JAX,
-        timing,
+        jitted,
+        args,
+        options,
+        static=kwargs,
+        label=("train_interval", num_envs) if env_name == "sim" else None,
+        caller=caller,
         work=num_envs * SEQ_LEN,
         unit="env-step",
-        device=common.jax_device(),
-        matmul_precision=common.jax_matmul_precision(),
         envs=num_envs,
         slots=config.num_slots,
         seq_len=SEQ_LEN,
-        compile_s=compiled.lower_s + compiled.compile_s,
         note=f"env={env_name}, collect + ppo.update per interval, {fixtures.describe(config, params)}",
     )
     before = _previous_throughput(previous, env_name, num_envs)

@@ -19,7 +19,7 @@ from typing import Any
 import jax
 
 from bench import common, fixtures
-from bench.common import JAX, TORCH, Measurement, Options
+from bench.common import TORCH, Measurement, Options
 
 NAME = "update"
 ENVS = (4, 64, 256)
@@ -51,27 +51,25 @@ def build_jax(num_envs: int, torch_net: Any = None, num_steps: int = SEQ_LEN):
         obs_stats=normalization.init(config.state_dim),
         train_steps=jax.numpy.zeros((), jax.numpy.int32),
     )
-    trajectory = fixtures.buffer_to_trajectory(fixtures.update_buffer(config, num_envs, num_steps))
+    trajectory = fixtures.update_buffer(config, num_envs, num_steps).trajectory()
     args = (state, trajectory, jax.random.PRNGKey(0))
     return ppo.update, args, {"config": ppo_config, "network_config": config}, config, params
 
 
 def measure_jax(num_envs: int, options: Options, torch_net: Any = None) -> Measurement:
     jitted, args, kwargs, config, params = build_jax(num_envs, torch_net)
-    compiled = common.compile_jax(jitted, *args, **kwargs, label=("update", num_envs))
-    timing = common.time_jax(lambda: compiled.fn(*args), options)
-    return common.measured(
+    return common.jax_row(
         NAME,
-        JAX,
-        timing,
+        jitted,
+        args,
+        options,
+        static=kwargs,
+        label=("update", num_envs),
         work=num_envs * SEQ_LEN,
         unit="sample",
-        device=common.jax_device(),
-        matmul_precision=common.jax_matmul_precision(),
         envs=num_envs,
         slots=config.num_slots,
         seq_len=SEQ_LEN,
-        compile_s=compiled.compile_s,
         note=f"ppo.update (GAE + fwd + bwd + Adam, 1 step), {fixtures.describe(config, params)}",
     )
 
@@ -81,8 +79,8 @@ def measure_torch(torch: Any, torch_net: Any, num_envs: int, options: Options) -
 
     config = fixtures.network_config()
     buf = fixtures.update_buffer(config, num_envs, SEQ_LEN)
-    data = fixtures.buffer_to_torch(torch, buf)
-    step_counts = [SEQ_LEN] * num_envs
+    data = buf.torch_data(torch, next(torch_net.parameters()).device)
+    step_counts = buf.step_counts
     ref_config = ref_ppo.ReferenceConfig(target_kl=None)
     optimizer = ref_ppo.make_optimizer(torch_net, ref_config)
     torch_net.train()

@@ -17,12 +17,22 @@ import numpy as np
 
 from esper_jax.contracts import HEAD_NAMES, MASKED_LOGIT_VALUE, PerHead
 
+# Fill of the padding columns of stacked heads: far enough below MASKED_LOGIT_VALUE that exp(PADDED - masked)
+# underflows to exactly 0 in float32 and float64 (exp(-2e4)), so an all-masked row still spreads its mass over
+# its own n actions only, as the unpadded head does.
+PADDED_LOGIT_VALUE = 3.0 * MASKED_LOGIT_VALUE
+
 __all__ = [
     "InvalidStateMachineError",
     "mask_logits",
     "normalised_logits",
     "log_prob",
+    "masked_log_prob",
     "entropy",
+    "masked_entropy",
+    "stack_heads",
+    "unstack_heads",
+    "PADDED_LOGIT_VALUE",
     "sample",
     "mode",
     "empty_rows",
@@ -61,7 +71,12 @@ def log_prob(logits: jax.Array, mask: jax.Array, action: jax.Array) -> jax.Array
     With one valid action the result is exactly 0.0: the other entries underflow to exp(-1e4 - z) = 0, so the
     logsumexp equals the valid logit bit for bit. An out-of-range action gives NaN (gather fill), never garbage.
     """
-    log_p = jax.nn.log_softmax(mask_logits(logits, mask), axis=-1)
+    return masked_log_prob(mask_logits(logits, mask), action)
+
+
+def masked_log_prob(masked_logits: jax.Array, action: jax.Array) -> jax.Array:
+    """``log_prob`` of logits already masked (``mask_logits``, or ``stack_heads`` output)."""
+    log_p = jax.nn.log_softmax(masked_logits, axis=-1)
     idx = jnp.asarray(action)[..., None].astype(jnp.int32)
     return jnp.take_along_axis(log_p, idx, axis=-1, mode="fill", fill_value=jnp.nan)[..., 0]
 
@@ -72,7 +87,12 @@ def entropy(logits: jax.Array, mask: jax.Array) -> jax.Array:
     Masked entries contribute exactly 0 (multiplied by the mask); rows with a single valid action (or none) are
     exactly 0.0 through a ``where``, not through arithmetic.
     """
-    z = normalised_logits(logits, mask)
+    return masked_entropy(mask_logits(logits, mask), mask)
+
+
+def masked_entropy(masked_logits: jax.Array, mask: jax.Array) -> jax.Array:
+    """``entropy`` of logits already masked with ``mask`` (``mask_logits``, or ``stack_heads`` output)."""
+    z = masked_logits - jax.nn.logsumexp(masked_logits, axis=-1, keepdims=True)
     probs = jax.nn.softmax(z, axis=-1)
     log_p = z - jax.nn.logsumexp(z, axis=-1, keepdims=True)
     raw = -jnp.sum(probs * log_p * mask.astype(z.dtype), axis=-1)
@@ -97,6 +117,25 @@ def sample(key: jax.Array, logits: jax.Array, mask: jax.Array) -> jax.Array:
 def mode(logits: jax.Array, mask: jax.Array) -> jax.Array:
     """argmax of the masked logits, first index on ties (as torch), int32."""
     return jnp.argmax(mask_logits(logits, mask), axis=-1).astype(jnp.int32)
+
+
+def stack_heads(values: PerHead, fill: Any) -> jax.Array:
+    """The eight heads' ``[..., n_h]`` arrays as one ``[..., 8, n_max]`` (HEAD_NAMES order), each padded on the
+    action axis with ``fill``.
+
+    One array op over all heads instead of eight compiles to a fraction of the program (the compile time of the
+    policy step and of the PPO gradient scales with the number of ops). For logits, pad with
+    ``PADDED_LOGIT_VALUE``: padding then adds exact zeros to every softmax sum, even in an all-masked row, so
+    log-probs, entropies, samples and argmaxes equal the per-head ones."""
+    leaves = [getattr(values, h) for h in HEAD_NAMES]
+    width = max(leaf.shape[-1] for leaf in leaves)
+    pad = lambda x: jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, width - x.shape[-1])], constant_values=fill)  # noqa: E731
+    return jnp.stack([pad(leaf) for leaf in leaves], axis=-2)
+
+
+def unstack_heads(stacked: jax.Array) -> PerHead:
+    """``[..., 8]`` (HEAD_NAMES order on the last axis) → PerHead of ``[...]``."""
+    return PerHead(**{h: stacked[..., i] for i, h in enumerate(HEAD_NAMES)})
 
 
 def empty_rows(mask: jax.Array) -> jax.Array:

@@ -144,8 +144,23 @@ def _env_masked(logits: PerHead, masks: PerHead) -> PerHead:
     return jax.tree.map(dist.mask_logits, logits, masks)
 
 
-def _any_row(flags: PerHead) -> jax.Array:
-    return jnp.any(jnp.stack(jax.tree.leaves(flags), axis=0), axis=0)
+_OP_ROW = HEAD_NAMES.index("op")
+
+
+def _stacked_heads(env_masked: PerHead, effective: PerHead) -> tuple[jax.Array, jax.Array]:
+    """The logits as the distribution sees them (env-masked, then masked again with the effective masks) and
+    the effective masks, both stacked ``[..., 8, n_max]``: every head's log-prob, entropy and draw is then one
+    array op (see ``dist.stack_heads``)."""
+    masked = jax.tree.map(dist.mask_logits, env_masked, effective)
+    return dist.stack_heads(masked, dist.PADDED_LOGIT_VALUE), dist.stack_heads(effective, False)
+
+
+def _stack_actions(actions: PerHead) -> jax.Array:
+    return jnp.stack([getattr(actions, h) for h in HEAD_NAMES], axis=-1)
+
+
+def _nonfinite_rows(raw_logits: PerHead) -> jax.Array:
+    return jnp.any(dist.nonfinite_rows(dist.stack_heads(raw_logits, 0.0)), axis=-1)
 
 
 def _raise_on_flags(out: ActionOutput | Evaluation, effective_masks: PerHead | None) -> None:
@@ -183,21 +198,23 @@ def _get_action_impl(
     raw = out.logits.map(lambda x: x[..., 0, :])
     lstm_out = out.lstm_out[..., 0, :]
     logits = _env_masked(raw, masks)
-    head_keys = PerHead(*jax.random.split(key, NUM_HEADS))  # one named key per head
-
+    width = max(config.head_sizes.values())
+    noise = None
     if deterministic:
         op = dist.mode(logits.op, masks.op)
     else:
-        op = dist.sample(head_keys.op, logits.op, masks.op)
+        # Gumbel-max sampling of all heads from one noise draw: argmax(logits + Gumbel) is a categorical draw, and
+        # one RNG computation instead of eight keeps the compiled step small. The op is drawn first: the style
+        # head's mask depends on it.
+        noise = jax.random.gumbel(key, (*lstm_out.shape[:-1], NUM_HEADS, width), logits.op.dtype)
+        op_noise = noise[..., _OP_ROW, : logits.op.shape[-1]]
+        op = jnp.argmax(dist.mask_logits(logits.op, masks.op) + op_noise, axis=-1).astype(jnp.int32)
     effective = masks.replace(style=style_mask_for_op(masks.style, op))
-
-    def choose(head_logits, head_mask, head_key):
-        if deterministic:
-            return dist.mode(head_logits, head_mask)
-        return dist.sample(head_key, head_logits, head_mask)
-
-    actions = jax.tree.map(choose, logits, effective, head_keys).replace(op=op)
-    log_probs = jax.tree.map(dist.log_prob, logits, effective, actions)
+    stacked, stacked_mask = _stacked_heads(logits, effective)
+    scores = stacked if noise is None else stacked + noise
+    chosen = jnp.argmax(scores, axis=-1).astype(jnp.int32)  # [..., 8]; the op row repeats the op drawn above
+    actions = dist.unstack_heads(chosen).replace(op=op)
+    log_probs = dist.unstack_heads(dist.masked_log_prob(stacked, _stack_actions(actions)))
     q = net.apply({"params": params}, lstm_out, op, method=net.q_value)
     return ActionOutput(
         actions=actions,
@@ -205,9 +222,9 @@ def _get_action_impl(
         value=q,
         carry=out.carry,
         op_logits=logits.op,
-        mask_error=_any_row(effective.map(dist.empty_rows)),
+        mask_error=jnp.any(dist.empty_rows(stacked_mask), axis=-1),
         index_error=out.index_error[..., 0],
-        nonfinite_error=_any_row(raw.map(dist.nonfinite_rows)) | ~jnp.isfinite(q),
+        nonfinite_error=_nonfinite_rows(raw) | ~jnp.isfinite(q),
     )
 
 
@@ -261,15 +278,16 @@ def _evaluate_actions_impl(
     out = net.apply({"params": params}, features, blueprint_indices, carry, method=net.trunk)
     logits = _env_masked(out.logits, masks)
     effective = masks.replace(style=style_mask_for_op(masks.style, actions.op))
+    stacked, stacked_mask = _stacked_heads(logits, effective)
     q = net.apply({"params": params}, out.lstm_out, actions.op, method=net.q_value)
     return Evaluation(
-        log_probs=jax.tree.map(dist.log_prob, logits, effective, actions),
-        entropies=jax.tree.map(dist.entropy, logits, effective),
+        log_probs=dist.unstack_heads(dist.masked_log_prob(stacked, _stack_actions(actions))),
+        entropies=dist.unstack_heads(dist.masked_entropy(stacked, stacked_mask)),
         value=q,
         carry=out.carry,
-        mask_error=_any_row(effective.map(dist.empty_rows)),
+        mask_error=jnp.any(dist.empty_rows(stacked_mask), axis=-1),
         index_error=out.index_error,
-        nonfinite_error=_any_row(out.logits.map(dist.nonfinite_rows)) | ~jnp.isfinite(q),
+        nonfinite_error=_nonfinite_rows(out.logits) | ~jnp.isfinite(q),
     )
 
 

@@ -1,25 +1,38 @@
-"""Random but realistic observations, for tests, parity checks and benchmarks.
+"""Random but realistic observations, policy batches and PPO update buffers, for tests, parity checks and
+benchmarks.
 
 Host-side and NumPy-seeded (not a jit function): the same seed gives the same batch on every machine, and the
 torch reference can be fed the very same values. Slot states are valid lifecycle states with consistent alpha
 fields; edge values that exercise upstream's clamps and defaults (NaN/inf gradients, huge contributions, negative
-interaction sums, missing telemetry or counterfactuals) appear with small probability.
+interaction sums, missing telemetry or counterfactuals) appear with small probability. ``random_policy_batch``
+adds their features, masks and valid actions; ``UpdateBuffer`` holds a filled rollout buffer in upstream's layout
+and converts it for either implementation's PPO update.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Any
 
 import numpy as np
 import jax.numpy as jnp
 
 from esper_jax.contracts import (
+    CANONICAL_STYLE,
+    HEAD_NAMES,
     HISTORY_LENGTH,
     NUM_BLUEPRINTS,
     NUM_OPS,
     TEMPO_TO_EPOCHS,
     AlphaAlgorithm,
     AlphaMode,
+    Compat,
+    LifecycleOp,
+    PerHead,
     SeedStage,
 )
+from esper_jax import features as features_mod
+from esper_jax import masks as masks_mod
 from esper_jax.observation import Observation, SlotReports, Signals, signal_dtypes, slot_dtypes
 
 _STAGES = np.array([s.value for s in SeedStage], dtype=np.int32)
@@ -110,3 +123,110 @@ def random_observation(
     sig_dtypes = signal_dtypes()
     signals = Signals(**{k: jnp.asarray(getattr(signals, k), dtype=sig_dtypes[k]) for k in sig_dtypes})
     return Observation(signals=signals, slots=slots)
+
+
+def sample_valid(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
+    """One uniformly drawn valid index per row of a bool mask ``[..., n]``, int32 ``[...]``."""
+    scores = rng.random(mask.shape) + mask  # valid entries score in [1, 2), invalid in [0, 1)
+    return np.argmax(scores, axis=-1).astype(np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyBatch:
+    """Policy inputs and stored actions for a batch ``[...]`` of random valid observations (NumPy).
+
+    ``features [..., D]`` float32, ``blueprint_indices [..., S]`` int32, ``masks`` PerHead of bool ``[..., n]``
+    (env masks from ``esper_jax.masks``), ``actions`` PerHead of int32 ``[...]``: valid under the masks, with
+    style canonicalised where the op ignores it, as the rollout stores them.
+    """
+
+    features: np.ndarray
+    blueprint_indices: np.ndarray
+    masks: PerHead
+    actions: PerHead
+
+
+def random_policy_batch(
+    rng: np.random.Generator, num_slots: int, batch_shape: tuple[int, ...], *, compat: Compat
+) -> PolicyBatch:
+    """Observations from ``random_observation`` (every slot enabled, so no mask row is empty), their features,
+    blueprint indices and env masks, and one valid action per head drawn from ``rng``."""
+    obs = random_observation(rng, num_slots, batch_shape, p_enabled=1.0)
+    feats = features_mod.extract(obs, compat=compat)
+    masks = masks_mod.compute(obs, masks_mod.MaskConfig()).map(np.asarray)
+    actions = {h: sample_valid(rng, getattr(masks, h)) for h in HEAD_NAMES}
+    op = actions["op"]
+    style_relevant = (op == LifecycleOp.GERMINATE) | (op == LifecycleOp.SET_ALPHA_TARGET)
+    actions["style"] = np.where(style_relevant, actions["style"], int(CANONICAL_STYLE)).astype(np.int32)
+    return PolicyBatch(
+        features=np.asarray(feats.features, np.float32),
+        blueprint_indices=np.asarray(feats.blueprint_indices, np.int32),
+        masks=masks,
+        actions=PerHead.from_dict(actions),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateBuffer:
+    """A filled rollout buffer in upstream's env-major layout ``[E, T, ...]`` (NumPy), the input of a PPO update
+    on either implementation: ``trajectory()`` gives esper_jax's time-major Trajectory, ``torch_data()`` the
+    dict ``reference_torch.ppo.update`` takes. ``valid`` marks real steps (a prefix per env); ``hidden`` is the
+    initial LSTM state (h, c), each ``[L, E, H]`` as torch stores it."""
+
+    states: np.ndarray
+    blueprint_indices: np.ndarray
+    actions: PerHead
+    old_log_probs: PerHead
+    masks: PerHead
+    values: np.ndarray
+    rewards: np.ndarray
+    dones: np.ndarray
+    truncated: np.ndarray
+    bootstrap_values: np.ndarray
+    valid: np.ndarray
+    hidden: tuple[np.ndarray, np.ndarray]
+
+    @property
+    def step_counts(self) -> list[int]:
+        return [int(n) for n in self.valid.sum(axis=1)]
+
+    def trajectory(self):
+        """The same data as an ``esper_jax.rollout.Trajectory`` (time-major, carry ``[E, L, H]``)."""
+        from esper_jax.network import LSTMCarry  # here, not at the top: keeps this module free of the policy stack
+        from esper_jax.rollout import Trajectory
+
+        tm = lambda x: jnp.asarray(np.swapaxes(x, 0, 1))  # noqa: E731 - env-major → time-major
+        batch_first = lambda x: jnp.asarray(np.moveaxis(x, 1, 0))  # noqa: E731 - [L, E, H] → [E, L, H]
+        return Trajectory(
+            features=tm(self.states),
+            raw_features=tm(self.states),
+            blueprint_indices=tm(self.blueprint_indices),
+            actions=self.actions.map(tm),
+            log_probs=self.old_log_probs.map(tm),
+            masks=self.masks.map(tm),
+            value=tm(self.values),
+            reward=tm(self.rewards),
+            raw_reward=tm(self.rewards),
+            done=tm(self.dones),
+            truncated=tm(self.truncated),
+            bootstrap_value=tm(self.bootstrap_values),
+            valid=tm(self.valid),
+            initial_carry=LSTMCarry(h=batch_first(self.hidden[0]), c=batch_first(self.hidden[1])),
+        )
+
+    def torch_data(self, torch: Any, device: Any = "cpu") -> dict[str, Any]:
+        """The dict ``reference_torch.ppo.update`` / ``prepare_data`` take (``torch`` is the imported module)."""
+        t = lambda x: torch.as_tensor(np.ascontiguousarray(x), device=device)  # noqa: E731
+        return dict(
+            states=t(self.states),
+            blueprint_indices=t(self.blueprint_indices).long(),
+            actions={h: t(a).long() for h, a in self.actions.as_dict().items()},
+            old_log_probs={h: t(v) for h, v in self.old_log_probs.as_dict().items()},
+            masks={h: t(m) for h, m in self.masks.as_dict().items()},
+            values=t(self.values),
+            rewards=t(self.rewards),
+            dones=t(self.dones),
+            truncated=t(self.truncated),
+            bootstrap_values=t(self.bootstrap_values),
+            initial_hidden=(t(self.hidden[0]), t(self.hidden[1])),
+        )

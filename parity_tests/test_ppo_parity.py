@@ -14,14 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from esper_jax import features as features_mod
-from esper_jax import masks as masks_mod
 from esper_jax import normalization, policy, ppo
-from esper_jax.contracts import CANONICAL_STYLE, HEAD_NAMES, LifecycleOp, PerHead, SlotConfig
+from esper_jax.contracts import HEAD_NAMES, SlotConfig
 from esper_jax.interop import params_from_torch_state_dict
-from esper_jax.network import LSTMCarry, NetworkConfig
-from esper_jax.rollout import Trajectory
-from esper_jax.synthetic import random_observation
+from esper_jax.network import NetworkConfig
+from esper_jax.synthetic import UpdateBuffer, random_policy_batch
 from reference_torch import ppo as ref_ppo
 from reference_torch.network import FactoredRecurrentActorCritic
 
@@ -58,59 +55,31 @@ def _jax_params(net: FactoredRecurrentActorCritic, config: NetworkConfig):
     return jax.tree.map(jnp.asarray, params_from_torch_state_dict(net.state_dict(), config))
 
 
-def _sample_valid(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
-    """One uniformly drawn valid index per row of a bool mask ``[..., n]``."""
-    scores = rng.random(mask.shape) + mask  # valid entries score in [1, 2), invalid in [0, 1)
-    return np.argmax(scores, axis=-1).astype(np.int32)
-
-
-def _make_buffer(config: NetworkConfig, params, num_envs: int, num_steps: int, step_counts, seed: int) -> dict:
-    """Env-major numpy buffer ``[E, T, ...]`` in upstream's layout, padded steps as upstream pads them."""
+def _make_buffer(config: NetworkConfig, params, num_envs: int, num_steps: int, step_counts, seed: int) -> UpdateBuffer:
+    """Env-major buffer ``[E, T, ...]`` in upstream's layout, padded steps as upstream pads them."""
     rng = np.random.default_rng(seed)
-    obs = random_observation(rng, config.num_slots, (num_envs, num_steps), p_enabled=1.0)
-    feats = features_mod.extract(obs, compat="upstream")
-    env_masks = masks_mod.compute(obs, masks_mod.MaskConfig())
-    states = np.asarray(feats.features)
-    bp = np.asarray(feats.blueprint_indices)
-    masks = {h: np.asarray(getattr(env_masks, h)) for h in HEAD_NAMES}
-    actions = {h: _sample_valid(rng, masks[h]) for h in HEAD_NAMES}
-    op = actions["op"]
-    style_relevant = (op == LifecycleOp.GERMINATE) | (op == LifecycleOp.SET_ALPHA_TARGET)
-    actions["style"] = np.where(style_relevant, actions["style"], int(CANONICAL_STYLE)).astype(np.int32)
-
+    batch = random_policy_batch(rng, config.num_slots, (num_envs, num_steps), compat="upstream")
     valid = np.arange(num_steps)[None, :] < np.asarray(step_counts)[:, None]
     # Upstream's padding: zero states/indices/actions, masks with only column 0 valid.
-    states = np.where(valid[..., None], states, 0.0).astype(np.float32)
-    bp = np.where(valid[..., None], bp, 0).astype(np.int32)
-    for h in HEAD_NAMES:
-        pad_mask = np.zeros_like(masks[h])
-        pad_mask[..., 0] = True
-        masks[h] = np.where(valid[..., None], masks[h], pad_mask)
-        actions[h] = np.where(valid, actions[h], 0).astype(np.int32)
+    states = np.where(valid[..., None], batch.features, 0.0).astype(np.float32)
+    bp = np.where(valid[..., None], batch.blueprint_indices, 0).astype(np.int32)
+    masks = batch.masks.map(lambda m: np.where(valid[..., None], m, np.arange(m.shape[-1]) == 0))
+    actions = batch.actions.map(lambda a: np.where(valid, a, 0).astype(np.int32))
 
     carry = policy.initial_carry(config, (num_envs,))
     evaluation = policy.evaluate_actions(
-        params,
-        config,
-        carry,
-        jnp.asarray(states),
-        jnp.asarray(bp),
-        PerHead(**{h: jnp.asarray(actions[h]) for h in HEAD_NAMES}),
-        PerHead(**{h: jnp.asarray(masks[h]) for h in HEAD_NAMES}),
+        params, config, carry, jnp.asarray(states), jnp.asarray(bp), actions.map(jnp.asarray), masks.map(jnp.asarray)
     )
-    old_log_probs = {
-        h: np.where(valid, np.asarray(getattr(evaluation.log_probs, h)) + rng.normal(0, 0.15, valid.shape), 0.0)
-        .astype(np.float32)
-        for h in HEAD_NAMES
-    }
+    old_log_probs = evaluation.log_probs.map(
+        lambda lp: np.where(valid, np.asarray(lp) + rng.normal(0, 0.15, valid.shape), 0.0).astype(np.float32)
+    )
     values = np.where(valid, np.asarray(evaluation.value) + rng.normal(0, 0.5, valid.shape), 0).astype(np.float32)
     rewards = np.where(valid, rng.normal(0.3, 1.0, valid.shape), 0).astype(np.float32)
     last = np.arange(num_steps)[None, :] == (np.asarray(step_counts)[:, None] - 1)
-    dones = last.copy()
     truncated = last.copy()
     truncated[0] = False  # env 0 ends in a true terminal (governor-penalty shape): no bootstrap
-    bootstrap = np.where(truncated, rng.normal(0, 1.0, valid.shape), 0).astype(np.float32)
-    return dict(
+    hidden = np.zeros((config.lstm_layers, num_envs, config.hidden_dim), np.float32)
+    return UpdateBuffer(
         states=states,
         blueprint_indices=bp,
         actions=actions,
@@ -118,52 +87,11 @@ def _make_buffer(config: NetworkConfig, params, num_envs: int, num_steps: int, s
         masks=masks,
         values=values,
         rewards=rewards,
-        dones=dones,
+        dones=last.copy(),
         truncated=truncated,
-        bootstrap_values=bootstrap,
+        bootstrap_values=np.where(truncated, rng.normal(0, 1.0, valid.shape), 0).astype(np.float32),
         valid=valid,
-        step_counts=list(step_counts),
-        hidden=(np.zeros((config.lstm_layers, num_envs, config.hidden_dim), np.float32),) * 2,
-    )
-
-
-def _to_trajectory(buf: dict) -> Trajectory:
-    tm = lambda x: jnp.asarray(np.swapaxes(x, 0, 1))  # noqa: E731 - env-major → time-major
-    per_head = lambda d: PerHead(**{h: tm(d[h]) for h in HEAD_NAMES})  # noqa: E731
-    h = jnp.asarray(np.moveaxis(buf["hidden"][0], 1, 0))  # [L, E, H] → [E, L, H]
-    c = jnp.asarray(np.moveaxis(buf["hidden"][1], 1, 0))
-    return Trajectory(
-        features=tm(buf["states"]),
-        raw_features=tm(buf["states"]),
-        blueprint_indices=tm(buf["blueprint_indices"]),
-        actions=per_head(buf["actions"]),
-        log_probs=per_head(buf["old_log_probs"]),
-        masks=per_head(buf["masks"]),
-        value=tm(buf["values"]),
-        reward=tm(buf["rewards"]),
-        raw_reward=tm(buf["rewards"]),
-        done=tm(buf["dones"]),
-        truncated=tm(buf["truncated"]),
-        bootstrap_value=tm(buf["bootstrap_values"]),
-        valid=tm(buf["valid"]),
-        initial_carry=LSTMCarry(h=h, c=c),
-    )
-
-
-def _to_torch(buf: dict) -> dict:
-    t = torch.as_tensor
-    return dict(
-        states=t(buf["states"]),
-        blueprint_indices=t(buf["blueprint_indices"]).long(),
-        actions={h: t(buf["actions"][h]).long() for h in HEAD_NAMES},
-        old_log_probs={h: t(buf["old_log_probs"][h]) for h in HEAD_NAMES},
-        masks={h: t(buf["masks"][h]) for h in HEAD_NAMES},
-        values=t(buf["values"]),
-        rewards=t(buf["rewards"]),
-        dones=t(buf["dones"]),
-        truncated=t(buf["truncated"]),
-        bootstrap_values=t(buf["bootstrap_values"]),
-        initial_hidden=(t(buf["hidden"][0]), t(buf["hidden"][1])),
+        hidden=(hidden, hidden),
     )
 
 
@@ -246,13 +174,13 @@ def test_loss_and_gradients_match_torch(config, num_envs, num_steps, step_counts
     cfg = ppo.PPOConfig(compat="upstream", clip_value=clip_value)
     rcfg = ref_ppo.ReferenceConfig(clip_value=clip_value)
 
-    batch, _ = ppo.prepare_batch(_to_trajectory(buf), cfg)
+    batch, _ = ppo.prepare_batch(buf.trajectory(), cfg)
     coef = ppo.entropy_coefficient(cfg, 0)
     (loss_j, info_j), grads_j = jax.value_and_grad(
         lambda p: ppo.compute_loss(p, batch, coef, config=cfg, network_config=config), has_aux=True
     )(params)
 
-    data = ref_ppo.prepare_data(_to_torch(buf), step_counts, rcfg)
+    data = ref_ppo.prepare_data(buf.torch_data(torch), step_counts, rcfg)
     loss_t, info_t = ref_ppo.compute_loss(net, data, list(range(num_envs)), rcfg)
     net.zero_grad()
     loss_t.backward()
@@ -296,11 +224,11 @@ def _run_both(config, num_envs, num_steps, step_counts, ppo_config: ppo.PPOConfi
         obs_stats=normalization.init(config.state_dim),
         train_steps=jnp.zeros((), jnp.int32),
     )
-    new_state, metrics = ppo.update(state, _to_trajectory(buf), key, config=ppo_config, network_config=config)
+    new_state, metrics = ppo.update(state, buf.trajectory(), key, config=ppo_config, network_config=config)
     order = np.asarray(ppo.minibatch_order(key, num_envs, ppo_config)).tolist()
 
     optimizer = ref_ppo.make_optimizer(net, rcfg)
-    ref_metrics = ref_ppo.update(net, optimizer, _to_torch(buf), step_counts, rcfg, minibatch_order=order)
+    ref_metrics = ref_ppo.update(net, optimizer, buf.torch_data(torch), step_counts, rcfg, minibatch_order=order)
     after_t = jax.tree.map(np.asarray, params_from_torch_state_dict(net.state_dict(), config))
     return params, new_state, metrics, ref_metrics, after_t
 
