@@ -105,7 +105,9 @@ class RolloutConfig:
         if not isinstance(self.mask_config, MaskConfig):
             raise TypeError(f"RolloutConfig.mask_config must be a MaskConfig, got {type(self.mask_config).__name__}")
         if self.info_totals is not None and not callable(self.info_totals):
-            raise TypeError(f"RolloutConfig.info_totals must be a callable or None, got {type(self.info_totals).__name__}")
+            raise TypeError(
+                f"RolloutConfig.info_totals must be a callable or None, got {type(self.info_totals).__name__}"
+            )
 
 
 @struct.dataclass
