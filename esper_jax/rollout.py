@@ -27,13 +27,19 @@ Quirks by ``compat`` (ppo.md §3.1, §3.3):
 | bootstrap LSTM state | the batched carry after done envs were reset, i.e. zeros at an episode end | the post-step carry of the truncated step |
 
 ``raw_features`` are stored in both modes: the observation normaliser is updated from them before the PPO update.
+
+Env diagnostics: the env's ``info`` is any pytree, and the trajectory does not keep it. ``RolloutConfig.info_totals``
+(optional) maps ONE env-step's info to additive quantities (counts, sums); ``collect`` applies it to every step
+inside the compiled call and returns the sums over envs and steps in ``RolloutMetrics.info_totals`` (an empty dict
+without a reducer), so no ``[T, E]`` info ever leaves the device. ``RolloutMetrics.op_counts`` counts the sampled
+ops whatever the env.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +49,7 @@ from esper_jax import features as features_mod
 from esper_jax import masks as masks_mod
 from esper_jax import normalization
 from esper_jax import policy
-from esper_jax.contracts import DEFAULT_COMPAT, Compat, PerHead, check_compat
+from esper_jax.contracts import DEFAULT_COMPAT, NUM_OPS, Compat, PerHead, check_compat
 from esper_jax.masks import MaskConfig
 from esper_jax.network import LSTMCarry, NetworkConfig
 from esper_jax.observation import Observation
@@ -88,6 +94,9 @@ class RolloutConfig:
     compat: Compat = DEFAULT_COMPAT
     mask_config: MaskConfig = MaskConfig()
     normalize_rewards: bool = True
+    # ONE env-step's info → additive pytree (summed over envs and steps inside collect). A module-level function,
+    # so the config stays hashable and the compile cache keys on it.
+    info_totals: Optional[Callable[[Any], Any]] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 1:
@@ -95,6 +104,10 @@ class RolloutConfig:
         check_compat(self.compat)
         if not isinstance(self.mask_config, MaskConfig):
             raise TypeError(f"RolloutConfig.mask_config must be a MaskConfig, got {type(self.mask_config).__name__}")
+        if self.info_totals is not None and not callable(self.info_totals):
+            raise TypeError(
+                f"RolloutConfig.info_totals must be a callable or None, got {type(self.info_totals).__name__}"
+            )
 
 
 @struct.dataclass
@@ -143,6 +156,8 @@ class RolloutMetrics:
     mean_raw_reward: jax.Array  # float32
     mask_error: jax.Array  # bool: some sampled row had an empty mask (upstream would have raised)
     nonfinite_error: jax.Array  # bool: some logits or values were NaN/inf
+    op_counts: jax.Array  # int32 [NUM_OPS]: sampled ops (before the env judged them) over all steps and envs
+    info_totals: Any  # RolloutConfig.info_totals summed over steps and envs; {} without a reducer
 
 
 @struct.dataclass
@@ -151,6 +166,8 @@ class _StepExtras:
     ended: jax.Array  # bool [E]
     mask_error: jax.Array  # bool
     nonfinite_error: jax.Array  # bool
+    op_counts: jax.Array  # int32 [NUM_OPS], summed over envs
+    info_totals: Any  # summed over envs
 
 
 @struct.dataclass
@@ -246,6 +263,11 @@ def collect(
             jnp.any(done), reset_done, lambda _: (stepped.state, stepped.obs), None
         )
 
+        if config.info_totals is None:
+            info_totals = {}
+        else:
+            info_totals = jax.tree.map(lambda x: jnp.sum(x, axis=0), jax.vmap(config.info_totals)(stepped.info))
+
         episode_return = state.episode_return + raw_reward
         transition = Trajectory(
             features=feats.features if compat == "upstream" else normed,
@@ -268,6 +290,8 @@ def collect(
             ended=done,
             mask_error=jnp.any(out.mask_error),
             nonfinite_error=jnp.any(out.nonfinite_error),
+            op_counts=jnp.sum(jax.nn.one_hot(out.actions.op, NUM_OPS, dtype=jnp.int32), axis=0),
+            info_totals=info_totals,
         )
         next_state = RunnerState(
             env_state=next_env_state,
@@ -291,5 +315,7 @@ def collect(
         mean_raw_reward=jnp.mean(trajectory.raw_reward),
         mask_error=jnp.any(extras.mask_error),
         nonfinite_error=jnp.any(extras.nonfinite_error),
+        op_counts=jnp.sum(extras.op_counts, axis=0),
+        info_totals=jax.tree.map(lambda x: jnp.sum(x, axis=0), extras.info_totals),
     )
     return runner, trajectory, metrics

@@ -248,7 +248,8 @@ def find_nonfinite_leaf(tree: Any) -> str | None:
 
 
 def plot_learning_curves(records: Iterable[Mapping[str, Any]], path: Path) -> None:
-    """Return, losses, per-head entropy and seed outcomes against env steps → PNG (matplotlib Agg)."""
+    """Learning curves against env steps → PNG (matplotlib Agg): return, losses, per-head entropy, seed outcomes
+    per interval, reward components and action rates. Panels whose keys the records lack stay empty."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -266,29 +267,41 @@ def plot_learning_curves(records: Iterable[Mapping[str, Any]], path: Path) -> No
             out.append(float("nan") if v is None else float(v))
         return out
 
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    def subkeys(key: str) -> list[str]:
+        return list((records[-1].get(key) or {}).keys())
+
+    def finish(ax, title: str) -> None:
+        ax.set_title(title)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+
+    fig, axes = plt.subplots(3, 2, figsize=(12, 11))
     ax = axes[0, 0]
     ax.plot(x, series("mean_episode_return"), label="mean episode return (raw)")
-    ax.set_title("return")
-    ax.legend()
+    finish(ax, "return")
     ax = axes[0, 1]
     for key in ("policy_loss", "value_loss", "loss"):
         ax.plot(x, series(key), label=key)
-    ax.set_title("losses")
-    ax.legend()
+    finish(ax, "losses")
     ax = axes[1, 0]
-    heads = sorted((records[-1].get("entropy_per_head") or {}).keys())
-    for h in heads:
+    for h in subkeys("entropy_per_head"):
         ax.plot(x, series("entropy_per_head", h), label=h)
-    ax.set_title("normalised entropy per head")
-    ax.legend(fontsize=7)
+    finish(ax, "normalised entropy per head")
     ax = axes[1, 1]
-    outcomes = records[-1].get("seed_ops") or {}
-    for k in sorted(outcomes):
-        ax.plot(x, series("seed_ops", k), label=k)
-    ax.set_title("seed ops chosen per episode (germinate / fossilize / prune)")
-    if outcomes:
-        ax.legend()
+    for k in subkeys("seed_outcomes"):
+        ax.plot(x, series("seed_outcomes", k), marker="o", markersize=3, label=k)
+    finish(ax, "seed outcomes per interval (seeds that entered the stage)")
+    ax = axes[2, 0]
+    for k in subkeys("reward_components"):
+        values = series("reward_components", k)
+        if any(v != 0.0 for v in values):  # components the env never paid would only clutter the legend
+            ax.plot(x, values, label=k, linewidth=2.0 if k == "total_reward" else 1.0)
+    finish(ax, "reward components (mean per env-step)")
+    ax = axes[2, 1]
+    for key in ("invalid_action_rate", "action_success_rate"):
+        if any(key in r for r in records):
+            ax.plot(x, series(key), label=key)
+    finish(ax, "action rates (per env-step)")
     for a in axes.flat:
         a.set_xlabel("env steps")
     fig.tight_layout()

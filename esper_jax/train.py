@@ -4,8 +4,11 @@ Python runs only the outer loop. Each *interval* is ONE compiled call: ``lax.sca
 ``iterations_per_interval`` PPO iterations, each a full rollout (``rollout.collect``: ``max_epochs`` steps of
 ``n_envs`` envs) followed by one ``ppo.update``. After each interval the trainer appends one line to
 ``metrics.jsonl`` (deterministic values only), writes TensorBoard scalars, and every ``checkpoint_every`` intervals
-(and at the end) an orbax checkpoint plus the learning-curve PNG. At the end the trained policy is compared with a
-random-masked-action policy and an always-WAIT policy on the same env seeds.
+(and at the end) an orbax checkpoint plus the learning-curve PNG. A record holds the PPO losses and per-head
+entropies and what the env did over the interval (``esper_jax.outcomes``, reduced inside the compiled call): sampled
+and effective op counts, invalid-action and action-success rates, mean reward components per env-step under
+``RewardComponentsTelemetry``'s names, and seed outcomes (seeds germinated, fossilized, pruned). At the end the
+trained policy is compared with a random-masked-action policy and an always-WAIT policy on the same env seeds.
 
 Run directory (``--out``, default ``runs/<preset>-seed<seed>-<time>``): ``config.json`` (resolved config),
 ``metrics.jsonl``, ``tb/`` (TensorBoard), ``checkpoints/<interval>/`` (orbax), ``learning_curves.png``,
@@ -75,8 +78,12 @@ def build_static(cfg: TrainingConfig) -> Static:
     if cfg.env != "sim":
         raise ConfigError(f"env {cfg.env!r} is not available yet (real host networks land in a later issue); "
                           f"available envs: {list(env_mod.ENV_NAMES)}")
+    from esper_jax import outcomes
+
     env = env_mod.make(cfg.env, cfg.env_config())
-    return Static(env=env, network=cfg.network_config(), ppo=cfg.ppo_config(), rollout=cfg.rollout_config())
+    # The rollout reduces the env's StepInfo to per-interval totals inside the compiled call (esper_jax.outcomes).
+    rollout_config = dataclasses.replace(cfg.rollout_config(), info_totals=outcomes.step_totals)
+    return Static(env=env, network=cfg.network_config(), ppo=cfg.ppo_config(), rollout=rollout_config)
 
 
 def initial_state(cfg: TrainingConfig, static: Static) -> dict[str, Any]:
@@ -133,9 +140,7 @@ def _interval_fn(static: Static, num_iterations: int, debug_nans: bool):
             network_config=static.network, config=static.rollout,
         )
         new_state, um = ppo.update(train_state, traj, k_update, config=static.ppo, network_config=static.network)
-        op = traj.actions.op
-        seed_ops = {name: jnp.sum(op == i) for i, name in ((1, "germinate"), (4, "fossilize"), (3, "prune"))}
-        out = {"rollout": rm, "update": um, "seed_ops": seed_ops}
+        out = {"rollout": rm, "update": um}
         if debug_nans:
             out["grad_nonfinite"] = nonfinite_flags(_grads(train_state.params, traj, train_state, static))
             out["param_nonfinite"] = nonfinite_flags(new_state.params)
@@ -212,11 +217,9 @@ def _eval_fn(static: Static, num_envs: int, num_steps: int, compat: str):
             info = out.info
             comp = jax.tree.map(jnp.sum, dataclasses.asdict(info.reward_components)) if dataclasses.is_dataclass(
                 info.reward_components) else {}
-            eff = info.effective_op
-            ok = info.action_success
             outcomes = {
-                "germinated": jnp.sum((eff == 1) & ok), "fossilized": jnp.sum((eff == 4) & ok),
-                "pruned": jnp.sum((eff == 3) & ok),
+                "germinated": jnp.sum(info.seeds_germinated), "fossilized": jnp.sum(info.seeds_fossilized),
+                "pruned": jnp.sum(info.seeds_pruned),
             }
             return (out.state, out.obs, carry, ret + out.reward), (comp, outcomes)
 
@@ -278,7 +281,10 @@ def _scalar(x) -> float:
 
 
 def _interval_record(interval: int, counters: dict[str, int], outs: dict[str, Any]) -> dict[str, Any]:
+    import jax
     import numpy as np
+
+    from esper_jax import outcomes
 
     rm, um = outs["rollout"], outs["update"]
     episodes = np.asarray(rm.episodes_completed)
@@ -310,10 +316,12 @@ def _interval_record(interval: int, counters: dict[str, int], outs: dict[str, An
         "early_stopped": int(np.asarray(um.early_stopped).sum()),
         "entropy_per_head": {h: mean(v) for h, v in um.entropy_per_head.as_dict().items()},
         "policy_loss_per_head": {h: mean(v) for h, v in um.policy_loss_per_head.as_dict().items()},
-        "seed_ops": {k: float(np.asarray(v).sum()) / max(total_eps, 1) for k, v in outs["seed_ops"].items()},
         "mask_error": bool(np.asarray(rm.mask_error).any() or np.asarray(um.mask_error).any()),
         "nonfinite_error": bool(np.asarray(rm.nonfinite_error).any()),
     }
+    # What the env did over the interval's iterations (leading axis): op histograms, rates, seed outcomes.
+    over_interval = functools.partial(np.sum, axis=0)
+    rec.update(outcomes.interval_summary(jax.tree.map(over_interval, rm.info_totals), over_interval(rm.op_counts)))
     return rec
 
 
@@ -375,20 +383,10 @@ def train(
         if plots:
             telemetry.plot_learning_curves(log.records, run_dir / "learning_curves.png")
 
-    progress = None
+    progress = task = None
     if tele.progress_bar:
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(),
-            TextColumn("it {task.fields[it]}/{task.fields[its]}  steps {task.completed:,.0f}/{task.total:,.0f}  "
-                       "{task.fields[sps]:,.0f} steps/s  return {task.fields[ret]}"),
-            TimeRemainingColumn(),
-            console=console or Console(stderr=True), transient=False,
-        )
-        task = progress.add_task("train", total=total_steps, completed=counters["env_steps"], it=counters["iteration"],
-                                 its=cfg.num_iterations, sps=0.0, ret="-")
+        progress, task = progress_bar(total_steps, counters["env_steps"], counters["iteration"], cfg.num_iterations,
+                                      console)
         progress.start()
 
     ran = 0
@@ -449,11 +447,40 @@ def train(
     return TrainResult(run_dir=run_dir, state=state, records=log.records, evaluation=evaluation, finished=finished)
 
 
+def progress_bar(total_steps: int, env_steps: int, iteration: int, iterations: int, console=None, get_time=None):
+    """A rich progress bar (not started) showing iteration, env-steps, env-steps/s of the last interval, mean
+    episode return of the last interval and the ETA; returns (progress, task id). Update the task's ``completed``
+    (env steps) and its fields ``it``, ``sps``, ``ret`` after each interval."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(),
+        TextColumn("it {task.fields[it]}/{task.fields[its]}  steps {task.completed:,.0f}/{task.total:,.0f}  "
+                   "{task.fields[sps]:,.0f} steps/s  return {task.fields[ret]}  ETA"),
+        TimeRemainingColumn(),
+        console=console or Console(stderr=True), transient=False, get_time=get_time,
+        # rich estimates speed from the samples of the last speed_estimate_period seconds (30 by default), and an
+        # interval can take longer than that: the ETA would then never show. Keep every sample; the first one (the
+        # interval that paid the compile) only anchors the clock, so the rate is the compiled intervals' rate.
+        speed_estimate_period=365 * 24 * 3600.0,
+    )
+    task = progress.add_task("train", total=total_steps, completed=env_steps, it=iteration, its=iterations, sps=0.0,
+                             ret="-")
+    return progress, task
+
+
 def comparison_line(evaluation: dict[str, Any], episodes: int) -> str:
+    """The final comparison. "trained" is the policy as PPO trains it, sampling its actions; the greedy (argmax)
+    policy is shown beside it, flagged when it germinated no seed: while every slot is empty only WAIT and
+    GERMINATE are allowed, so it then chose WAIT at every step and scores exactly always-WAIT's return."""
     s, g, r, w = (evaluation[k]["mean_return"] for k in ("sampled", "greedy", "random", "wait"))
     verdict = "beats" if s > r and s > w else "does NOT beat"
-    return (f"mean return over {episodes} eval episodes (same seeds): trained {s:+.3f} (greedy {g:+.3f}) | "
-            f"random-masked {r:+.3f} | always-WAIT {w:+.3f} → trained policy {verdict} both baselines")
+    greedy_note = ", germinated no seed: WAIT at every step" if (
+        evaluation["greedy"]["seed_outcomes_per_episode"]["germinated"] == 0.0) else ""
+    return (f"mean return over {episodes} eval episodes (same seeds): trained, sampled actions {s:+.3f} "
+            f"(greedy {g:+.3f}{greedy_note}) | random-masked {r:+.3f} | always-WAIT {w:+.3f} "
+            f"→ trained policy {verdict} both baselines")
 
 
 # ---------------------------------------------------------------------------------------------------------------

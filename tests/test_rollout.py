@@ -58,10 +58,16 @@ class CounterEnv:
             reward=(1.0 + state.t + actions.op).astype(jnp.float32),
             done=done,
             truncated=done & (state.length != TERMINAL_LENGTH),
+            info={"op": actions.op, "ended": done},
         )
 
 
 ENV = CounterEnv()
+
+
+def counter_info_totals(info):
+    """RolloutConfig.info_totals for CounterEnv: one env-step's info → additive counts."""
+    return {"steps": jnp.ones((), jnp.int32), "op_sum": info["op"], "ended": info["ended"].astype(jnp.int32)}
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +85,9 @@ def obs_stats():
     )
 
 
-def _collect(params, obs_stats, compat: str, normalize_rewards: bool = True):
-    config = rollout.RolloutConfig(num_steps=NUM_STEPS, compat=compat, normalize_rewards=normalize_rewards)
+def _collect(params, obs_stats, compat: str, normalize_rewards: bool = True, info_totals=None):
+    config = rollout.RolloutConfig(num_steps=NUM_STEPS, compat=compat, normalize_rewards=normalize_rewards,
+                                   info_totals=info_totals)
     runner = rollout.init_runner(ENV, NET, NUM_ENVS, jax.random.PRNGKey(3))
     return runner, *rollout.collect(
         ENV, params, runner, obs_stats, jax.random.PRNGKey(4), network_config=NET, config=config
@@ -89,7 +96,7 @@ def _collect(params, obs_stats, compat: str, normalize_rewards: bool = True):
 
 @pytest.fixture(scope="module")
 def fixed_run(params, obs_stats):
-    return _collect(params, obs_stats, "fixed")
+    return _collect(params, obs_stats, "fixed", info_totals=counter_info_totals)
 
 
 @pytest.fixture(scope="module")
@@ -293,7 +300,22 @@ def test_reward_normalisation_runs_in_step_then_env_order(fixed_run):
     assert not np.allclose(np.asarray(traj.reward), raw)
 
 
+def test_info_totals_and_op_counts_sum_over_steps_and_envs(fixed_run, upstream_run):
+    _, _, traj, metrics = fixed_run
+    ops = np.asarray(traj.actions.op)
+    totals = jax.tree.map(np.asarray, metrics.info_totals)
+    assert totals == {"steps": NUM_STEPS * NUM_ENVS, "op_sum": ops.sum(), "ended": np.asarray(traj.done).sum()}
+    np.testing.assert_array_equal(np.asarray(metrics.op_counts), np.bincount(ops.ravel(), minlength=6))
+    # without a reducer the env's info stays on the device and nothing is carried
+    _, _, up_traj, up_metrics = upstream_run
+    assert up_metrics.info_totals == {}
+    np.testing.assert_array_equal(np.asarray(up_metrics.op_counts),
+                                  np.bincount(np.asarray(up_traj.actions.op).ravel(), minlength=6))
+
+
 def test_rollout_config_validation():
+    with pytest.raises(TypeError, match="info_totals"):
+        rollout.RolloutConfig(num_steps=3, info_totals="steps")
     with pytest.raises(ValueError, match="num_steps"):
         rollout.RolloutConfig(num_steps=0)
     with pytest.raises(ValueError, match="compat"):

@@ -60,7 +60,10 @@ def test_find_nonfinite_leaf_names_first_path():
 
 def _record(i):
     return {"interval": i, "env_steps": 10 * (i + 1), "mean_episode_return": float(i), "policy_loss": 0.1, "value_loss": 1.0,
-            "loss": 1.1, "entropy_per_head": {"op": 0.9, "slot": 0.5}, "seed_ops": {"germinate": 1.0, "prune": 0.0},
+            "loss": 1.1, "entropy_per_head": {"op": 0.9, "slot": 0.5},
+            "seed_outcomes": {"germinated": 2, "fossilized": 0, "pruned": 1},
+            "reward_components": {"pbrs_bonus": 0.1, "compute_rent": 0.0, "total_reward": 0.1},
+            "invalid_action_rate": 0.25, "action_success_rate": 0.5,
             "nan_value": float("nan")}
 
 

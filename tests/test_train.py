@@ -58,7 +58,9 @@ def test_run_directory(full_run):
     rec = json.loads(lines[-1])
     assert rec["interval"] == 3 and rec["env_steps"] == 4 * 2 * 20 and rec["episodes"] == 8
     assert set(rec["entropy_per_head"]) >= {"op", "slot", "blueprint"}
-    assert {"germinate", "fossilize", "prune"} <= set(rec["seed_ops"])
+    for key in ("op_counts", "effective_op_counts", "invalid_action_rate", "action_success_rate",
+                "reward_components", "seed_outcomes"):
+        assert key in rec, key
     assert list((d / "tb").glob("events.out.tfevents.*"))
     assert (d / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
     steps = sorted(int(p.name) for p in (d / "checkpoints").iterdir() if p.name.isdigit())
@@ -67,6 +69,51 @@ def test_run_directory(full_run):
     assert set(ev) == {"sampled", "greedy", "random", "wait"}
     assert "reward_components_per_episode" in ev["random"] and "germinated" in ev["random"]["seed_outcomes_per_episode"]
     assert ev["wait"]["seed_outcomes_per_episode"]["germinated"] == 0.0
+
+
+def test_env_outcomes_in_records_are_consistent(full_run):
+    """The interval aggregates of the env's StepInfo agree with the rollout's own view of the same steps."""
+    from esper_jax.outcomes import OP_NAMES, SEED_OUTCOMES
+
+    records = [json.loads(line) for line in (full_run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = TINY.n_envs * TINY.max_epochs * TINY.iterations_per_interval
+    seeds = {k: 0 for k in SEED_OUTCOMES}
+    for rec in records:
+        sampled, effective = rec["op_counts"], rec["effective_op_counts"]
+        assert set(sampled) == set(effective) == set(OP_NAMES)
+        assert sum(sampled.values()) == sum(effective.values()) == steps
+        # an invalid action is scored as WAIT: the extra WAITs are exactly the invalid actions
+        invalid = round(rec["invalid_action_rate"] * steps)
+        assert effective["wait"] - sampled["wait"] == invalid
+        assert all(effective[op] <= sampled[op] for op in OP_NAMES if op != "wait")
+        assert 0.0 <= rec["action_success_rate"] <= 1.0
+        # the components' per-step mean is the rollout's mean raw reward
+        assert rec["reward_components"]["total_reward"] == pytest.approx(rec["mean_raw_reward"], abs=1e-4)
+        # fixed mode: a valid GERMINATE always germinates
+        assert rec["seed_outcomes"]["germinated"] == effective["germinate"]
+        assert rec["seed_outcomes"]["fossilized"] <= effective["fossilize"]
+        for k in SEED_OUTCOMES:
+            seeds[k] += rec["seed_outcomes"][k]
+    assert seeds["germinated"] > 0 and seeds["pruned"] <= seeds["germinated"]
+
+
+def test_progress_bar_shows_eta_when_intervals_are_slow():
+    """rich's default speed window is 30 s; intervals slower than that must still give an ETA."""
+    import io
+
+    from rich.console import Console
+
+    clock = [0.0]
+    out = io.StringIO()
+    console = Console(file=out, width=160, force_terminal=False, color_system=None)
+    progress, task = train_mod.progress_bar(1000, 0, 0, 10, console, get_time=lambda: clock[0])
+    for i in range(1, 4):
+        clock[0] = 100.0 * i  # one interval of 100 env steps every 100 s, the first one paying the compile
+        progress.update(task, completed=100 * i, it=i, sps=1.0, ret="+1.250")
+        console.print(progress.get_renderable())
+    last = out.getvalue().splitlines()[-1]
+    assert "it 3/10" in last and "steps 300/1,000" in last and "1 steps/s" in last and "return +1.250" in last
+    assert "ETA 0:11:40" in last, last  # 700 steps left at the compiled rate of 1 step/s
 
 
 def test_same_seed_identical_metrics(full_run, tmp_path):

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from esper_jax.contracts import AlphaMode, LifecycleOp, PerHead
+from esper_jax.contracts import AlphaMode, LifecycleOp, PerHead, SeedStage
 from esper_jax.env import lifecycle, reward, signals
 from esper_jax.env.config import EnvConfig
 from esper_jax.env.oracle import Oracle, SimulatorOracle, SlotView
@@ -47,6 +47,15 @@ class StepInfo:
     action_success: jnp.ndarray  # bool
     effective_op: jnp.ndarray  # int32: the op the reward scored
     epoch: jnp.ndarray  # int32: the epoch this action was taken at
+    # Slots whose seed entered the stage during this step, read from the stage transitions themselves so that
+    # upstream's uncounted ADVANCE-fossilisation (quirk 5) and scheduled prunes completing on the tick count too.
+    seeds_germinated: jnp.ndarray  # int32
+    seeds_fossilized: jnp.ndarray  # int32
+    seeds_pruned: jnp.ndarray  # int32
+
+
+def _entered(before: jnp.ndarray, after: jnp.ndarray, stage: SeedStage) -> jnp.ndarray:
+    return jnp.sum((after == stage) & (before != stage), dtype=jnp.int32)
 
 
 def slot_view(slots: lifecycle.Slots) -> SlotView:
@@ -201,6 +210,12 @@ class EsperEnv:
             action_success=outcome.success,
             effective_op=effective_op,
             epoch=epoch,
+            seeds_germinated=_entered(slots.stage, acted.stage, SeedStage.GERMINATED),
+            seeds_fossilized=_entered(slots.stage, acted.stage, SeedStage.FOSSILIZED),
+            # An instant prune is PRUNED after execute (and EMBARGOED after the tick); a scheduled one reaches
+            # PRUNED on the tick, when its alpha ramp ends.
+            seeds_pruned=_entered(slots.stage, acted.stage, SeedStage.PRUNED)
+            + _entered(acted.stage, ticked.stage, SeedStage.PRUNED),
         )
         return StepOutput(
             state=next_state,
