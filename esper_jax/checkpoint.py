@@ -86,9 +86,10 @@ class Checkpointer:
         if want != got:
             raise CheckpointError(f"checkpoint {self.directory / str(step)} has a different state structure")
         for a, b in zip(jax.tree.leaves(abstract), jax.tree.leaves(state)):
-            if tuple(a.shape) != tuple(np.shape(b)) or np.dtype(a.dtype) != np.asarray(b).dtype:
+            # b.dtype, not np.asarray(b): a leaf sharded over several hosts cannot be gathered on one.
+            if tuple(a.shape) != tuple(np.shape(b)) or np.dtype(a.dtype) != np.dtype(b.dtype):
                 raise CheckpointError(
-                    f"checkpoint {self.directory / str(step)} leaf shape/dtype mismatch: {np.shape(b)}/{np.asarray(b).dtype} "
+                    f"checkpoint {self.directory / str(step)} leaf shape/dtype mismatch: {np.shape(b)}/{b.dtype} "
                     f"vs expected {a.shape}/{a.dtype}"
                 )
         return state, meta

@@ -40,6 +40,7 @@ from typing import Any, Literal, Optional
 __all__ = [
     "ConfigError",
     "RunTelemetryConfig",
+    "DistributedConfig",
     "TrainingConfig",
     "PRESETS",
     "PRESET_NAMES",
@@ -423,6 +424,33 @@ class TrainingConfig:
         except json.JSONDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
         return cls.from_dict(data, base)
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+    """Where a run executes (esper_jax.distributed). Not part of a run's config.json: the same run may resume on
+    other hardware, and the seed gives the same training on any device count (up to float32 summation order).
+
+    Envs are split evenly over the devices, so ``n_envs`` must be a multiple of the device count. Multi-host: the
+    three process settings together, or none of them and a cluster launcher's variables (SLURM, Open MPI, a
+    multi-host TPU slice, JAX_COORDINATOR_ADDRESS) are read by ``jax.distributed.initialize()``."""
+
+    devices: Optional[int] = None
+    """Devices to split the envs over (default: every local device, or every device of every process)."""
+    coordinator: Optional[str] = None
+    """Multi-host: HOST:PORT of process 0's coordinator service (with --num-processes and --process-id)."""
+    num_processes: Optional[int] = None
+    """Multi-host: how many processes take part (one per host, usually)."""
+    process_id: Optional[int] = None
+    """Multi-host: this process's rank, 0..num_processes-1; process 0 writes logs, plots and eval.json."""
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        for name in ("devices", "num_processes"):
+            if getattr(self, name) is not None:
+                _check_min(self, name, 1)
+        if self.process_id is not None:
+            _check_min(self, "process_id", 0)
 
 
 INERT_FIELDS: tuple[str, ...] = (

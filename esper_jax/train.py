@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
-from esper_jax.config import PRESET_NAMES, ConfigError, TrainingConfig, config_to_dict, preset
+from esper_jax.config import PRESET_NAMES, ConfigError, DistributedConfig, TrainingConfig, config_to_dict, preset
 
 __all__ = ["Args", "main", "train", "evaluate_baselines", "TrainResult"]
 
@@ -45,6 +45,7 @@ class Args:
     Envs: 'sim' (lifecycle simulator; the only one available now), 'host' (not available yet: refused)."""
 
     train: Annotated[TrainingConfig, __import__("tyro").conf.arg(name="")]
+    distributed: Annotated[DistributedConfig, __import__("tyro").conf.arg(name="")] = DistributedConfig()
     preset: Literal["default", "cifar10", "cifar10-deep", "tinystories"] = "default"
     """Hyperparameter preset (upstream's TrainingConfig constructors); see esper_jax/config.py."""
     config: Optional[Path] = None
@@ -123,7 +124,7 @@ def _grads(params, trajectory, train_state, static: Static):
 
 
 @functools.lru_cache(maxsize=None)
-def _interval_fn(static: Static, num_iterations: int, debug_nans: bool):
+def _interval_fn(static: Static, num_iterations: int, debug_nans: bool, layout):
     import jax
     import jax.numpy as jnp
 
@@ -139,6 +140,7 @@ def _interval_fn(static: Static, num_iterations: int, debug_nans: bool):
             static.env, train_state.params, runner, train_state.obs_stats, k_collect,
             network_config=static.network, config=static.rollout,
         )
+        traj = layout.constrain_trajectory(traj)
         new_state, um = ppo.update(train_state, traj, k_update, config=static.ppo, network_config=static.network)
         out = {"rollout": rm, "update": um}
         if debug_nans:
@@ -151,7 +153,7 @@ def _interval_fn(static: Static, num_iterations: int, debug_nans: bool):
         (train_state, runner), outs = jax.lax.scan(body, (train_state, runner), jax.random.split(sub, num_iterations))
         return train_state, runner, key, outs
 
-    return jax.jit(run)
+    return layout.jit_interval(run)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -338,15 +340,19 @@ def train(
     max_intervals: int | None = None,
     evaluate: bool = True,
     console=None,
+    distributed: DistributedConfig = DistributedConfig(),
 ) -> TrainResult:
     import jax
     import jax.numpy as jnp
     import numpy as np
 
+    from esper_jax import distributed as dist
     from esper_jax import telemetry
     from esper_jax.checkpoint import Checkpointer, CheckpointError
 
     run_dir = Path(run_dir)
+    dist.initialize(distributed.coordinator, distributed.num_processes, distributed.process_id)
+    layout = dist.make_layout(cfg.n_envs, distributed.devices)  # refuses bad device/env counts up front
     static = build_static(cfg)  # refuses unavailable envs before touching the disk
     config_dict = config_to_dict(cfg)
 
@@ -354,11 +360,11 @@ def train(
         ckpt = Checkpointer(run_dir, cfg.keep_checkpoints, create=False)
         ckpt.check(config_dict)  # refuse a mismatched run before building anything
         reference = initial_state(cfg, static)
-        state, meta = ckpt.restore(reference, config_dict)
+        state, meta = ckpt.restore(layout.abstract(reference), config_dict)
         # Same avals (dtype, weak type) and placement as a fresh state, so the compiled interval is reused.
         state = jax.tree.map(
             lambda ref, x: np.asarray(x, dtype=ref.dtype) if isinstance(ref, np.ndarray)
-            else jnp.asarray(np.asarray(x), dtype=ref.dtype),
+            else x.astype(ref.dtype) if isinstance(x, jax.Array) else jnp.asarray(np.asarray(x), dtype=ref.dtype),
             reference, state,
         )
     else:
@@ -367,13 +373,15 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt = Checkpointer(run_dir, cfg.keep_checkpoints, create=True)
         state = initial_state(cfg, static)
-    (run_dir / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
+    state = layout.place(state)
+    if layout.is_primary:
+        (run_dir / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
 
     counters = {k: int(np.asarray(v)) for k, v in state["counters"].items()}
     tele = cfg.telemetry
     log = telemetry.MetricsLog(run_dir, tensorboard=tele.tensorboard and tele.level != "off",
-                               keep_intervals=counters["interval"])
-    plots = tele.plots and tele.level != "off"
+                               keep_intervals=counters["interval"]) if layout.is_primary else dist.UnwrittenLog()
+    plots = tele.plots and tele.level != "off" and layout.is_primary
     steps_per_iteration = cfg.n_envs * cfg.max_epochs
     total_steps = cfg.num_iterations * steps_per_iteration
     param_paths = telemetry.leaf_paths(state["train"].params) if debug_nans else None
@@ -384,7 +392,7 @@ def train(
             telemetry.plot_learning_curves(log.records, run_dir / "learning_curves.png")
 
     progress = task = None
-    if tele.progress_bar:
+    if tele.progress_bar and layout.is_primary:
         progress, task = progress_bar(total_steps, counters["env_steps"], counters["iteration"], cfg.num_iterations,
                                       console)
         progress.start()
@@ -397,7 +405,7 @@ def train(
                 break
             interval = counters["interval"]
             n_it = cfg.interval_iterations(interval)
-            fn = _interval_fn(static, n_it, debug_nans)
+            fn = _interval_fn(static, n_it, debug_nans, layout)
             t0 = time.perf_counter()
             train_state, runner, key, outs = fn(state["train"], state["runner"], state["key"])
             jax.block_until_ready(train_state.params)
@@ -439,7 +447,8 @@ def train(
     evaluation = None
     if finished and evaluate:
         evaluation = evaluate_baselines(cfg, static, state["train"])
-        (run_dir / "eval.json").write_text(json.dumps(evaluation, indent=2, sort_keys=True) + "\n")
+        if layout.is_primary:
+            (run_dir / "eval.json").write_text(json.dumps(evaluation, indent=2, sort_keys=True) + "\n")
         log.add_scalars("eval", evaluation, counters["env_steps"])
         if plots:
             telemetry.plot_learning_curves(log.records, run_dir / "learning_curves.png")
@@ -526,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
               f"steps, hidden {cfg.lstm_hidden_dim})", file=sys.stderr)
         t0 = time.perf_counter()
         result = train(cfg, run_dir, resume=args.resume is not None, debug_nans=args.debug_nans,
-                       max_intervals=args.max_intervals)
+                       max_intervals=args.max_intervals, distributed=args.distributed)
     except (ConfigError, CheckpointError, FloatingPointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
