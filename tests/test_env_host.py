@@ -340,6 +340,34 @@ def test_vmapped_oracle_with_the_same_key_equals_a_single_oracle():
     assert not np.array_equal(state.slots[0].seed[0], state.slots[0].seed[2])
 
 
+def test_fused_validation_equals_one_forward_per_row():
+    """The branching validation pass against the plain one (a full forward per alpha row), with two blended seeds
+    of different operators and a third in TRAINING (fixed mode: its layout has every row kind, singletons too)."""
+    for compat in ("fixed",):
+        cfg = EnvConfig.create(3, task="digits", compat=compat)
+        oracle = make("host", cfg).oracle
+        state = oracle.init(jax.random.PRNGKey(0))
+        slots = lifecycle.empty_slots(3).replace(
+            stage=jnp.asarray([SeedStage.BLENDING, SeedStage.TRAINING, SeedStage.HOLDING], jnp.int32),
+            blueprint=jnp.asarray([BlueprintAction.CONV_LIGHT, BlueprintAction.NORM, BlueprintAction.DEPTHWISE]),
+            seed_id=jnp.asarray([0, 1, 2], jnp.int32),
+            algorithm=jnp.asarray([AlphaAlgorithm.GATE, AlphaAlgorithm.ADD, AlphaAlgorithm.MULTIPLY], jnp.int32),
+        )
+        slots = slots.replace(controller=slots.controller.replace(alpha=jnp.asarray([0.4, 0.0, 1.0])))
+        view = slot_view(slots)
+        state = oracle._sync_seeds(state, view, jax.random.PRNGKey(1))
+        state = state.replace(slots=tuple(
+            p.replace(seed=p.seed + 0.05 * jax.random.normal(jax.random.PRNGKey(i), p.seed.shape))
+            for i, p in enumerate(state.slots)
+        ))
+        configs = signals.validation_configs(slots, cfg)
+        fused = jax.jit(oracle.validate)(state, view, configs)
+        rows = jax.jit(oracle.validate_rows)(state, view, configs)
+        np.testing.assert_allclose(fused[0], rows[0], atol=0.3)  # at most one image flips on rounding
+        np.testing.assert_allclose(fused[1], rows[1], rtol=1e-4, atol=1e-5)
+        assert len(set(np.round(np.asarray(fused[1]), 5).tolist())) > 2  # the rows really differ
+
+
 @pytest.mark.slow
 def test_vmapped_envs_with_the_same_key_equal_a_single_env():
     env, _, _, _ = _env()
@@ -359,3 +387,14 @@ def test_vmapped_envs_with_the_same_key_equal_a_single_env():
     other = jax.tree.map(lambda x: np.asarray(x)[1], state)
     assert not np.array_equal(other.tracker.val_accuracy, single.tracker.val_accuracy) or not np.array_equal(
         other.oracle.host.head_kernel, single.oracle.host.head_kernel)
+
+
+@pytest.mark.slow
+def test_random_masked_episode_on_the_host_env_keeps_the_env_invariants():
+    """The simulator's whole-episode property checks (random masked actions), run on real host networks."""
+    from test_env_properties import LENGTH, _episode, check_episode
+
+    env = make("host", EnvConfig(task="digits", episode_length=LENGTH, compat="fixed", max_seeds=4))
+    records = jax.jit(functools.partial(_episode, env))(jax.random.PRNGKey(7))
+    check_episode(records)
+    assert int(np.asarray(records.stage_after).max()) >= SeedStage.TRAINING

@@ -335,7 +335,7 @@ def test_config_slot_count_and_blueprint_validation():
 
 
 def test_make_names():
-    with pytest.raises(ValueError, match="next issue.*sim"):
-        make("host", EnvConfig())
+    with pytest.raises(ValueError, match="cifar10.*needs dataset"):
+        make("host", EnvConfig())  # only the digits task has built-in data
     with pytest.raises(ValueError, match="available"):
         make("gym", EnvConfig())

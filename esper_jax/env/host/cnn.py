@@ -141,5 +141,20 @@ def forward(spec: HostSpec, params: HostParams, images: jnp.ndarray, inject: Inj
     return jnp.mean(h, axis=(1, 2)) @ params.head_kernel + params.head_bias
 
 
+def forward_many(spec: HostSpec, params: HostParams, images: jnp.ndarray, inject: Inject) -> jnp.ndarray:
+    """Like ``forward`` over a leading axis of feature variants: ``h`` starts as ``images[None]`` ([1, N, ...]), every
+    host layer is vmapped over the variants (each normalises with its own batch statistics), and ``inject(block, h)``
+    may change how many variants there are. Returns logits [P, N, classes]."""
+    h = images[None]
+    for i, block in enumerate(params.blocks):
+
+        def layer(x, block=block, pool=i < spec.pool_layers):
+            x = jax.nn.relu(batch_norm(conv(x, block.kernel), block.scale, block.bias, spec.eps))
+            return max_pool(x) if pool else x
+
+        h = inject(i, jax.vmap(layer)(h))
+    return jnp.mean(h, axis=(2, 3)) @ params.head_kernel + params.head_bias
+
+
 def no_injection(block: int, h: jnp.ndarray) -> jnp.ndarray:
     return h

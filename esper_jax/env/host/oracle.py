@@ -2,7 +2,8 @@
 §1.4, §4.3, §4.4, §5.2, §5.3), one env at a time; vmap it with the env.
 
 ``measure`` = bookkeeping of seeds born/fossilised since the last call → ``minibatches_per_step`` SGD steps
-(``lax.scan``) → the fused validation, one ``vmap`` over the K alpha configurations.
+(``lax.scan``) → the fused validation of the K alpha configurations, vmapped over the distinct feature variants
+the configurations induce (they share the network up to their first differing slot; see ``validate``).
 
 Per slot, by stage (§4.4; CNN isolation: the seed always reads a detached copy of the host features):
 
@@ -27,12 +28,13 @@ import numpy as np
 from flax import struct
 
 from esper_jax.contracts import AlphaAlgorithm, SeedStage
+from esper_jax.env import signals
 from esper_jax.env.config import EnvConfig, HostConfig
 from esper_jax.env.host import cnn
 from esper_jax.env.host.blend import GateLayout, blend
 from esper_jax.env.host.blueprints import BRANCH_OF_BLUEPRINT, SlotLayout
 from esper_jax.env.host.data import Dataset
-from esper_jax.env.oracle import EXPLODING_NORM, VANISHING_NORM, Measurement, SlotView
+from esper_jax.env.oracle import EXPLODING_NORM, VANISHING_NORM, ConfigLayout, Measurement, SlotView
 
 _BLENDED_STAGES = (SeedStage.BLENDING, SeedStage.HOLDING, SeedStage.FOSSILIZED)
 _LEARNING_STAGES = (SeedStage.TRAINING,) + _BLENDED_STAGES
@@ -111,6 +113,7 @@ class HostOracle:
     host: HostConfig
     batch_size: int
     compat: str
+    layout: ConfigLayout  # the env's fused-validation rows
     data: Dataset
 
     @classmethod
@@ -152,6 +155,7 @@ class HostOracle:
             host=cfg.host,
             batch_size=batch,
             compat=cfg.compat,
+            layout=signals.config_layout(cfg),
             data=data,
         )
 
@@ -326,17 +330,70 @@ class HostOracle:
         return state, stats
 
     def validate(self, state: HostState, view: SlotView, configs: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-        """(accuracy % [K], mean loss [K]) on the whole validation split, one vmap over the alpha rows."""
+        """(accuracy % [K], mean loss [K]) on the whole validation split for the K alpha rows of ``configs``.
+
+        The rows are the env's fused-validation layout (``ConfigLayout.keep() · live alphas``), so which rows share
+        the network up to a slot is static: rows agreeing on the keep-pattern of the slots before slot j feed slot j
+        the same features. The pass therefore branches only where the patterns do — at most 2^j variants reach slot
+        j (1, 2, 4 for three slots, against K = 8 or 11 rows) — and every seed runs once per variant. Equal to
+        ``validate_rows`` (one full forward per row) up to float rounding.
+        """
+        logits = self._fused_logits(state, view, configs, jnp.asarray(self.data.val_images))
+        return self._scores(logits, jnp.asarray(self.data.val_labels))
+
+    def validate_rows(self, state: HostState, view: SlotView, configs: jnp.ndarray):
+        """Reference for ``validate``: one vmapped full forward per alpha row (any rows, no layout assumed)."""
         images = jnp.asarray(self.data.val_images)
-        labels = jnp.asarray(self.data.val_labels)
         base = self.control(view).replace(straight_through=jnp.zeros_like(view.has_module))
+        logits = jax.vmap(lambda a: self.forward(state.host, state.slots, base.replace(alpha=a), images))(configs)
+        return self._scores(logits, jnp.asarray(self.data.val_labels))
 
-        def one(alpha):
-            logits = self.forward(state.host, state.slots, base.replace(alpha=alpha), images)
-            correct = jnp.argmax(logits, axis=-1) == labels
-            return 100.0 * jnp.mean(correct.astype(jnp.float32)), jnp.mean(_cross_entropy(logits, labels))
+    @staticmethod
+    def _scores(logits: jnp.ndarray, labels: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+        correct = jnp.argmax(logits, axis=-1) == labels
+        loss = jax.vmap(lambda l: jnp.mean(_cross_entropy(l, labels)))(logits)
+        return 100.0 * jnp.mean(correct.astype(jnp.float32), axis=-1), loss
 
-        return jax.vmap(one)(configs)
+    def _fused_logits(self, state: HostState, view: SlotView, configs: jnp.ndarray, images: jnp.ndarray):
+        keep = self.keep_matrix(configs.shape[0])
+        ctrl = self.control(view)
+        slot_of_block = {b: i for i, b in enumerate(self.slot_blocks)}
+        # Variants before slot j: the distinct keep-patterns of slots < j (static), each with a representative row.
+        patterns = [()]
+
+        def inject(block: int, h: jnp.ndarray) -> jnp.ndarray:
+            nonlocal patterns
+            if block not in slot_of_block:
+                return h
+            j = slot_of_block[block]
+            x_s = h  # validation: no gradients, isolation is moot
+            s = jax.vmap(lambda x: self.layouts[j].apply(ctrl.branch[j], state.slots[j].seed, x))(x_s)
+            gate = jax.vmap(lambda x: self.gates[j].apply(state.slots[j].gate, x))(x_s)
+            new_patterns = sorted({tuple(int(v) for v in row[: j + 1]) for row in keep})
+            parent = np.asarray([patterns.index(p[:-1]) for p in new_patterns])
+            bit = np.asarray([p[-1] for p in new_patterns], bool)
+            rep = np.asarray([next(r for r, row in enumerate(keep) if tuple(row[: j + 1]) == p) for p in new_patterns])
+            alpha = configs[rep, j]
+
+            def one(h_p, s_p, x_p, g_p, a, on):
+                y = blend(ctrl.algorithm[j], h_p, s_p, x_p, a, g_p)
+                return jnp.where(on & ctrl.blended[j] & (a > 0.0), y, h_p)
+
+            patterns = new_patterns
+            return jax.vmap(one)(h[parent], s[parent], x_s[parent], gate[parent], alpha, jnp.asarray(bit))
+
+        logits = cnn.forward_many(self.spec, state.host, images, inject)
+        final = [tuple(int(v) for v in row) for row in keep]
+        return logits[np.asarray([patterns.index(f[: len(patterns[0])]) for f in final])]
+
+    def keep_matrix(self, rows: int) -> np.ndarray:
+        """int [K, S] static keep-pattern of the fused-validation rows (the env's ``ConfigLayout``)."""
+        keep = self.layout.keep().astype(np.int32)
+        if keep.shape[0] != rows:
+            raise ValueError(
+                f"HostOracle expects the env's {keep.shape[0]} fused-validation rows (ConfigLayout), got {rows}"
+            )
+        return keep
 
     def measure(
         self, state: HostState, view: SlotView, configs: jnp.ndarray, epoch: jnp.ndarray, key: jax.Array
