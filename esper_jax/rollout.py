@@ -75,7 +75,7 @@ class StepOutput:
     reward: jax.Array  # float32 scalar, raw (before reward normalisation)
     done: jax.Array  # bool scalar: the episode ended here (time limit included)
     truncated: jax.Array  # bool scalar: it ended by the time limit (then done is True too)
-    info: Any = struct.field(default_factory=dict)  # any pytree of per-env diagnostics; carried into metrics
+    info: Any = struct.field(default_factory=dict)  # any pytree of per-env diagnostics; see RolloutConfig.info_totals
 
 
 class Environment(Protocol):

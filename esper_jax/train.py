@@ -468,7 +468,9 @@ def progress_bar(total_steps: int, env_steps: int, iteration: int, iterations: i
         TextColumn("it {task.fields[it]}/{task.fields[its]}  steps {task.completed:,.0f}/{task.total:,.0f}  "
                    "{task.fields[sps]:,.0f} steps/s  return {task.fields[ret]}  ETA"),
         TimeRemainingColumn(),
-        console=console or Console(stderr=True), transient=False, get_time=get_time,
+        # Off a terminal rich assumes 80 columns and cuts the ETA off the end of the line.
+        console=console or Console(stderr=True, width=None if sys.stderr.isatty() else 140),
+        transient=False, get_time=get_time,
         # rich estimates speed from the samples of the last speed_estimate_period seconds (30 by default), and an
         # interval can take longer than that: the ETA would then never show. Keep every sample; the first one (the
         # interval that paid the compile) only anchors the clock, so the rate is the compiled intervals' rate.

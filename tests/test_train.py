@@ -95,6 +95,29 @@ def test_env_outcomes_in_records_are_consistent(full_run):
         for k in SEED_OUTCOMES:
             seeds[k] += rec["seed_outcomes"][k]
     assert seeds["germinated"] > 0 and seeds["pruned"] <= seeds["germinated"]
+    tags = _tensorboard_tags(full_run.run_dir / "tb")
+    for tag in ("seed_outcomes/germinated", "seed_outcomes/fossilized", "seed_outcomes/pruned", "op_counts/wait",
+                "effective_op_counts/germinate", "invalid_action_rate", "action_success_rate",
+                "reward_components/total_reward", "reward_components/pbrs_bonus", "entropy_per_head/op"):
+        assert tag in tags, tag
+
+
+def _tensorboard_tags(tb_dir: Path) -> set[str]:
+    """Scalar tags in the event files (TFRecord framing: u64 length, u32 crc, payload, u32 crc)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    tags = set()
+    for path in tb_dir.glob("events.out.tfevents.*"):
+        data, i = path.read_bytes(), 0
+        while i < len(data):
+            (n,) = struct.unpack("<Q", data[i:i + 8])
+            event = event_pb2.Event()
+            event.ParseFromString(data[i + 12:i + 12 + n])
+            tags.update(v.tag for v in event.summary.value)
+            i += 12 + n + 4
+    return tags
 
 
 def test_progress_bar_shows_eta_when_intervals_are_slow():
