@@ -1,4 +1,4 @@
-"""``python -m bench``: the benchmark suite of bench.md (features, rollout, update, train, compile).
+"""``python -m bench``: the benchmark suite of bench.md (features, rollout, update, train, compile) + scaling.
 
 Prints one JSON line per measurement as it completes, then a markdown table; ``--out DIR`` also writes
 ``DIR/results.json`` and ``DIR/throughput.png``. ``--quick`` runs every benchmark at its smallest size (the test
@@ -16,7 +16,7 @@ from typing import Sequence
 
 from bench import common
 
-BENCHMARKS = ("features", "rollout", "update", "train", "compile")
+BENCHMARKS = ("features", "rollout", "update", "train", "scaling", "compile")
 
 
 def main(argv: Sequence[str] | None = None) -> list[common.Measurement]:

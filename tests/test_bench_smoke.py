@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("torch", reason="the benchmark suite compares against the torch reference: torch is not installed")
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = ("features", "rollout", "update", "train", "compile")
+BENCHMARKS = ("features", "rollout", "update", "train", "scaling", "compile")
 REQUIRED = ("bench", "impl", "status", "device", "dtype", "matmul_precision", "envs", "warmup", "reps", "median_s",
             "throughput", "compile_s", "ratio", "note")
 # Generous: --quick targets < 2 min on an idle 2-core CPU, but the test suite may share the machine.

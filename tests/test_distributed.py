@@ -162,14 +162,18 @@ def test_two_process_run_matches_one_process_and_writes_once(tmp_path):
         port = sock.getsockname()[1]
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    procs = [subprocess.Popen([sys.executable, str(ROOT / "tests" / "spmd_check.py"), str(tmp_path), "--only",
-                               "process", "--coordinator", f"localhost:{port}", "--num-processes", "2",
-                               "--process-id", str(i)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
-    outputs = [p.communicate(timeout=TIMEOUT_S) for p in procs]
-    for p, (out, err) in zip(procs, outputs):
-        assert p.returncode == 0, f"process failed:\n{out[-2000:]}\n{err[-6000:]}"
-    reports = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    # Output to files, not pipes: a process blocked on a full pipe would stall the other at its next collective.
+    logs = [(tmp_path / f"out{i}.txt", tmp_path / f"err{i}.txt") for i in range(2)]
+    procs = []
+    for i, (out, err) in enumerate(logs):
+        with out.open("w") as out_fh, err.open("w") as err_fh:
+            procs.append(subprocess.Popen(
+                [sys.executable, str(ROOT / "tests" / "spmd_check.py"), str(tmp_path), "--only", "process",
+                 "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)],
+                cwd=ROOT, env=env, stdout=out_fh, stderr=err_fh))
+    for p, (out, err) in zip(procs, logs):
+        assert p.wait(timeout=TIMEOUT_S) == 0, f"process failed:\n{err.read_text()[-6000:]}"
+    reports = [json.loads(out.read_text().strip().splitlines()[-1]) for out, _ in logs]
     assert [r["process_index"] for r in reports] == [0, 1]
     assert all(r["process_count"] == 2 and r["global_devices"] == 4 and r["local_envs"] == 4 for r in reports)
     assert reports[0]["records"] == reports[1]["records"] and reports[0]["params"] == reports[1]["params"]
