@@ -106,23 +106,20 @@ def breakdown(num_envs: int, options: common.Options) -> list[dict]:
 
         return jax.lax.scan(step, carry, (features, bp))
 
+    def feature_lstm_step(params, carry, f, b):
+        def body(module, f, b, carry):
+            emb, _ = module.blueprint_embedding(b)
+            x = jnp.concatenate([f, emb.reshape(*emb.shape[:-2], -1)], axis=-1)
+            y, new = module.lstm(module.feature_net(x), carry)
+            return new, module.lstm_ln(y)
+
+        new, y = net.apply({"params": params}, f[:, None], b[:, None], carry, method=body)
+        return new, y[:, 0]
+
     @jax.jit
     def feature_lstm_scan(params, carry, features, bp):
         """Feature net + LSTM only: the part of the step that no head fusion can touch."""
-
-        def step(carry, xs):
-            f, b = xs
-
-            def body(module, f, b, carry):
-                emb, _ = module.blueprint_embedding(b)
-                x = jnp.concatenate([f, emb.reshape(*emb.shape[:-2], -1)], axis=-1)
-                y, new = module.lstm(module.feature_net(x), carry)
-                return new, module.lstm_ln(y)
-
-            new, y = net.apply({"params": params}, f[:, None], b[:, None], carry, method=body)
-            return new, y[:, 0]
-
-        return jax.lax.scan(step, carry, (features, bp))
+        return jax.lax.scan(lambda c, xs: feature_lstm_step(params, c, *xs), carry, (features, bp))
 
     names = [f"{h}_head" for h in HEAD_NAMES]
 
@@ -149,16 +146,6 @@ def breakdown(num_envs: int, options: common.Options) -> list[dict]:
             return new, logits
 
         return jax.lax.scan(step, carry, (features, bp))
-
-    def feature_lstm_step(params, carry, f, b):
-        def body(module, f, b, carry):
-            emb, _ = module.blueprint_embedding(b)
-            x = jnp.concatenate([f, emb.reshape(*emb.shape[:-2], -1)], axis=-1)
-            y, new = module.lstm(module.feature_net(x), carry)
-            return new, module.lstm_ln(y)
-
-        new, y = net.apply({"params": params}, f[:, None], b[:, None], carry, method=body)
-        return new, y[:, 0]
 
     full, _ = _time(rollout_bench.policy_scan, args, kwargs, options)
     trunk, _ = _time(trunk_scan, (params, carry, features, bp), {}, options)
