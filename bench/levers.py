@@ -6,8 +6,7 @@ at [envs × 150], so its effect can be read off directly:
 * ``rollout unroll=k``: ``lax.scan(..., unroll=k)`` of the policy scan (bench code, no library change).
 * ``rollout with lstm_unroll=k``: the LSTM's own (length-1) scan inside each policy step unrolled, patched as below.
 * ``update lstm_unroll=k``: the LSTM recurrence scan unrolled k steps. This patches
-  ``esper_jax.network._lstm_layer`` *in this process only* (the library file is untouched); the change it
-  measures would be one ``unroll=`` argument in ``network._lstm_layer``.
+  ``esper_jax.network._lstm_layer`` *in this process only* with its ``unroll`` argument set (the network uses 1).
 * ``fused heads``: the eight policy heads' first layers run as one [H, 7·H/2 + H] matmul instead of eight small
   ones (a trunk rebuilt here from the same params; the library is untouched), to estimate what a fused-heads
   network would gain. Same function: the weights are concatenated, not changed.
@@ -18,6 +17,7 @@ at [envs × 150], so its effect can be read off directly:
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 
@@ -31,6 +31,7 @@ from esper_jax import network as network_mod
 from esper_jax.contracts import HEAD_NAMES
 
 SEQ_LEN = fixtures.SEQ_LEN
+_ORIGINAL_LSTM_LAYER = network_mod._lstm_layer
 
 
 def _time(fn, args, kwargs, options):
@@ -49,27 +50,8 @@ def rollout_unroll(num_envs: int, options: common.Options, unrolls=(1, 2, 4, 8))
     return out
 
 
-def _lstm_layer_unrolled(unroll: int):
-    def layer(x, hc, kernel_ih, kernel_hh, bias_ih, bias_hh):
-        hidden = kernel_hh.shape[0]
-        input_gates = jnp.moveaxis(x @ kernel_ih + bias_ih, -2, 0)
-
-        def step(state, gates_x):
-            h, c = state
-            gates = (h @ kernel_hh + bias_hh) + gates_x
-            i = jax.nn.sigmoid(gates[..., :hidden])
-            f = jax.nn.sigmoid(gates[..., hidden : 2 * hidden])
-            g = jnp.tanh(gates[..., 2 * hidden : 3 * hidden])
-            o = jax.nn.sigmoid(gates[..., 3 * hidden :])
-            c = f * c + i * g
-            h = o * jnp.tanh(c)
-            return (h, c), h
-
-        carry = (hc[0].astype(x.dtype), hc[1].astype(x.dtype))
-        (h_t, c_t), ys = jax.lax.scan(step, carry, input_gates, unroll=unroll)
-        return jnp.moveaxis(ys, 0, -2), (h_t, c_t)
-
-    return layer
+def _lstm_layer_unrolled(unroll: int | bool):
+    return functools.partial(_ORIGINAL_LSTM_LAYER, unroll=unroll)
 
 
 def rollout_lstm_unroll(num_envs: int, options: common.Options, unrolls=(1, True)) -> list[dict]:
@@ -124,23 +106,20 @@ def breakdown(num_envs: int, options: common.Options) -> list[dict]:
 
         return jax.lax.scan(step, carry, (features, bp))
 
+    def feature_lstm_step(params, carry, f, b):
+        def body(module, f, b, carry):
+            emb, _ = module.blueprint_embedding(b)
+            x = jnp.concatenate([f, emb.reshape(*emb.shape[:-2], -1)], axis=-1)
+            y, new = module.lstm(module.feature_net(x), carry)
+            return new, module.lstm_ln(y)
+
+        new, y = net.apply({"params": params}, f[:, None], b[:, None], carry, method=body)
+        return new, y[:, 0]
+
     @jax.jit
     def feature_lstm_scan(params, carry, features, bp):
         """Feature net + LSTM only: the part of the step that no head fusion can touch."""
-
-        def step(carry, xs):
-            f, b = xs
-
-            def body(module, f, b, carry):
-                emb, _ = module.blueprint_embedding(b)
-                x = jnp.concatenate([f, emb.reshape(*emb.shape[:-2], -1)], axis=-1)
-                y, new = module.lstm(module.feature_net(x), carry)
-                return new, module.lstm_ln(y)
-
-            new, y = net.apply({"params": params}, f[:, None], b[:, None], carry, method=body)
-            return new, y[:, 0]
-
-        return jax.lax.scan(step, carry, (features, bp))
+        return jax.lax.scan(lambda c, xs: feature_lstm_step(params, c, *xs), carry, (features, bp))
 
     names = [f"{h}_head" for h in HEAD_NAMES]
 
@@ -167,16 +146,6 @@ def breakdown(num_envs: int, options: common.Options) -> list[dict]:
             return new, logits
 
         return jax.lax.scan(step, carry, (features, bp))
-
-    def feature_lstm_step(params, carry, f, b):
-        def body(module, f, b, carry):
-            emb, _ = module.blueprint_embedding(b)
-            x = jnp.concatenate([f, emb.reshape(*emb.shape[:-2], -1)], axis=-1)
-            y, new = module.lstm(module.feature_net(x), carry)
-            return new, module.lstm_ln(y)
-
-        new, y = net.apply({"params": params}, f[:, None], b[:, None], carry, method=body)
-        return new, y[:, 0]
 
     full, _ = _time(rollout_bench.policy_scan, args, kwargs, options)
     trunk, _ = _time(trunk_scan, (params, carry, features, bp), {}, options)

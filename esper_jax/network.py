@@ -306,8 +306,10 @@ def _lstm_layer(
     kernel_hh: jax.Array,
     bias_ih: jax.Array,
     bias_hh: jax.Array,
+    unroll: int | bool = 1,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    """One layer over ``x [..., T, in]`` from ``hc`` ([..., H] each); returns ([..., T, H], (h_T, c_T))."""
+    """One layer over ``x [..., T, in]`` from ``hc`` ([..., H] each); returns ([..., T, H], (h_T, c_T)).
+    ``unroll``: of the recurrence scan (a speed experiment's knob, ``bench.levers``; 1 in the network)."""
     hidden = kernel_hh.shape[0]
     input_gates = jnp.moveaxis(x @ kernel_ih + bias_ih, -2, 0)  # [T, ..., 4H]
 
@@ -322,7 +324,7 @@ def _lstm_layer(
         h = o * jnp.tanh(c)
         return (h, c), h
 
-    (h_t, c_t), ys = jax.lax.scan(step, (hc[0].astype(x.dtype), hc[1].astype(x.dtype)), input_gates)
+    (h_t, c_t), ys = jax.lax.scan(step, (hc[0].astype(x.dtype), hc[1].astype(x.dtype)), input_gates, unroll=unroll)
     return jnp.moveaxis(ys, 0, -2), (h_t, c_t)
 
 
