@@ -12,19 +12,20 @@ Strict JSON (``from_dict`` / ``from_json_path``): the top level must be an objec
 alias of ``entropy_anneal_episodes`` (both → error); unknown keys, wrong types and out-of-range values raise
 ``ConfigError`` naming the key and listing the valid ones. Nothing is coerced except int → float and list → tuple.
 
-Presets (``PRESETS``; upstream's ``for_*`` constructors, hyperparameters unchanged). The JAX side offers one env
-today, ``"sim"`` (the lifecycle simulator, ``esper_jax.env``); each preset selects it with the simulator task
-closest to upstream's host:
+Presets (``PRESETS``; upstream's ``for_*`` constructors, hyperparameters unchanged). Each selects the closest task
+the JAX side offers: the host-network env (``"host"``, real CNN hosts trained with their seeds) carries one dataset,
+scikit-learn's digits, on cifar10's CNNHost (8/16/32 channels); the deeper CNN and the transformer task exist only in
+the lifecycle simulator (``"sim"``), which models their sizes and rent but trains no network.
 
-| preset | upstream constructor | overrides of the defaults | env | simulated task |
+| preset | upstream constructor | overrides of the defaults | env | task |
 |---|---|---|---|---|
-| ``default`` | ``TrainingConfig()`` | none: upstream's budget too (100 episodes = 25 iterations of 4 envs x 150 steps, LSTM 512); ``make train`` runs it in ~2 min on the 2-core CPU box | sim | cifar10 (task None upstream → the CLI's cifar10) |
-| ``cifar10`` | ``for_cifar10()`` | entropy_coef 0.1, plateau_threshold 0.4 | sim | cifar10 |
+| ``default`` | ``TrainingConfig()`` | none: upstream's budget too (100 episodes = 25 iterations of 4 envs x 150 steps, LSTM 512) | host | digits (upstream: task None → the CLI's cifar10) |
+| ``cifar10`` | ``for_cifar10()`` | entropy_coef 0.1, plateau_threshold 0.4 | host | digits |
 | ``cifar10-deep`` | ``for_cifar10_deep()`` | entropy_coef 0.08, plateau_threshold 0.35 | sim | cifar10_deep |
 | ``tinystories`` | ``for_tinystories()`` | entropy_coef 0.05, entropy_anneal_episodes 10, plateau_threshold 0.3, improvement_threshold 1.5, sparse_reward_scale 0.5 | sim | tinystories |
 
-``"host"`` (real host networks) is a valid *value* of ``env`` so a config naming it loads, but the trainer refuses
-it with the list of available envs until it lands.
+On ``"host"``, ``batch_size_per_env`` (the SGD minibatch) and ``max_grad_norm`` (clipping of the host and of each
+seed) are live; on ``"sim"`` they are inert.
 """
 
 from __future__ import annotations
@@ -165,7 +166,8 @@ def _from_dict(cls: type, data: Any, where: str, base: Any = None) -> Any:
 
 
 TELEMETRY_LEVELS = ("off", "minimal", "normal", "debug")
-TASKS = ("cifar10", "cifar10_deep", "cifar10_blind", "tinystories")
+TASKS = ("cifar10", "cifar10_deep", "cifar10_blind", "tinystories", "digits")
+HOST_TASKS = ("digits",)  # tasks whose data the host env carries (esper_jax.env.make("host"))
 ENVS = ("host", "sim")
 
 
@@ -216,7 +218,7 @@ class TrainingConfig:
     n_episodes: int = 100
     n_envs: int = 4
     max_epochs: int = 150  # episode length (env steps per episode)
-    batch_size_per_env: Optional[int] = None  # inert (host data loader; the simulator has none)
+    batch_size_per_env: Optional[int] = None  # host env: SGD minibatch size (None → the task's, 16 on digits); inert on sim
     lr: float = 3e-4
     clip_ratio: float = 0.2
     gamma: float = 0.995
@@ -245,17 +247,17 @@ class TrainingConfig:
     improvement_threshold: float = 2.0  # inert (upstream telemetry events)
     gradient_telemetry_stride: int = 10  # inert
     seed: int = 42
-    task: Optional[Literal["cifar10", "cifar10_deep", "cifar10_blind", "tinystories"]] = None  # None → cifar10
+    task: Optional[Literal["cifar10", "cifar10_deep", "cifar10_blind", "tinystories", "digits"]] = None  # None → digits (host) / cifar10 (sim)
     permissive_gates: bool = True  # → EnvConfig.gates "permissive"/"strict"
     disable_pbrs: bool = False
     disable_terminal_reward: bool = False
     disable_anti_gaming: bool = False
-    max_grad_norm: float = 1.0  # inert (host/seed gradient clipping; the simulator trains no host)
+    max_grad_norm: float = 1.0  # host env: gradient clipping of the host and of each seed; inert on sim
     lstm_hidden_dim: int = 512
 
     # ---- JAX trainer settings ----
 
-    env: Literal["host", "sim"] = "sim"  # "host" is refused until real host networks land
+    env: Literal["host", "sim"] = "host"  # real host networks ("host") or the lifecycle simulator ("sim")
     compat: Literal["upstream", "fixed"] = "fixed"  # esper_jax.contracts.Compat for env, rollout and PPO
     feature_dim: int = 512  # width of the policy's feature net (upstream 512)
     iterations_per_interval: int = 5  # PPO iterations inside one compiled call / one metrics line
@@ -283,6 +285,11 @@ class TrainingConfig:
             raise ConfigError(
                 f"chunk_length must equal max_epochs ({self.max_epochs}): the update runs full-episode BPTT; "
                 f"got {self.chunk_length}"
+            )
+        if self.env == "host" and self.env_task not in HOST_TASKS:
+            raise ConfigError(
+                f"task {self.env_task!r} has no data in the host env (valid host tasks: {list(HOST_TASKS)}); "
+                f"use env 'sim' for it, or build the env from your own arrays (README: Host-network environment)"
             )
         if self.lstm_hidden_dim % 2:
             raise ConfigError(f"lstm_hidden_dim must be even (heads use hidden // 2), got {self.lstm_hidden_dim}")
@@ -326,7 +333,7 @@ class TrainingConfig:
 
     @property
     def env_task(self) -> str:
-        return self.task or "cifar10"
+        return self.task or ("digits" if self.env == "host" else "cifar10")
 
     @property
     def num_iterations(self) -> int:
@@ -349,7 +356,7 @@ class TrainingConfig:
 
     def env_config(self):
         from esper_jax.contracts import SlotConfig
-        from esper_jax.env import EnvConfig, RewardConfig
+        from esper_jax.env import EnvConfig, HostConfig, RewardConfig
 
         return EnvConfig(
             slots=SlotConfig(self.slots),
@@ -365,6 +372,7 @@ class TrainingConfig:
                 disable_terminal_reward=self.disable_terminal_reward,
                 disable_anti_gaming=self.disable_anti_gaming,
             ),
+            host=HostConfig(batch_size=self.batch_size_per_env, max_grad_norm=self.max_grad_norm),
         )
 
     def network_config(self):
@@ -454,9 +462,9 @@ class DistributedConfig:
 
 
 INERT_FIELDS: tuple[str, ...] = (
-    "batch_size_per_env", "adaptive_entropy_floor", "amp", "amp_dtype", "compile_mode", "param_budget",
+    "adaptive_entropy_floor", "amp", "amp_dtype", "compile_mode", "param_budget",
     "param_penalty_weight", "sparse_reward_scale", "plateau_threshold", "improvement_threshold",
-    "gradient_telemetry_stride", "max_grad_norm",
+    "gradient_telemetry_stride",
     "telemetry.gradient_check_interval", "telemetry.memory_check_interval", "telemetry.per_layer_gradients",
     "telemetry.activation_monitoring", "telemetry.weight_tracking", "telemetry.weight_track_interval",
     "telemetry.auto_escalate_on_anomaly", "telemetry.anomaly_escalation_epochs",
@@ -464,11 +472,11 @@ INERT_FIELDS: tuple[str, ...] = (
 
 PRESETS: dict[str, TrainingConfig] = {
     "default": TrainingConfig(),
-    "cifar10": TrainingConfig(entropy_coef=0.1, plateau_threshold=0.4, task="cifar10"),
-    "cifar10-deep": TrainingConfig(entropy_coef=0.08, plateau_threshold=0.35, task="cifar10_deep"),
+    "cifar10": TrainingConfig(entropy_coef=0.1, plateau_threshold=0.4, task="digits"),
+    "cifar10-deep": TrainingConfig(entropy_coef=0.08, plateau_threshold=0.35, env="sim", task="cifar10_deep"),
     "tinystories": TrainingConfig(
         entropy_coef=0.05, entropy_anneal_episodes=10, plateau_threshold=0.3, improvement_threshold=1.5,
-        sparse_reward_scale=0.5, task="tinystories",
+        sparse_reward_scale=0.5, env="sim", task="tinystories",
     ),
 }
 PRESET_NAMES: tuple[str, ...] = tuple(PRESETS)

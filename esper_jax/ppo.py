@@ -623,7 +623,9 @@ def update(
     )
 
     def run(carry: _StepCarry, indices: jax.Array) -> tuple[_StepCarry, _StepRecord]:
-        minibatch = jax.tree.map(lambda x: x[indices], batch)
+        # One minibatch is the whole batch: skipping the gather keeps the env axis sharded under SPMD (a gather by a
+        # permutation makes XLA replicate the batch on every device); the loss is a mean, so order is immaterial.
+        minibatch = batch if config.minibatches == 1 else jax.tree.map(lambda x: x[indices], batch)
         (_, info), grads = loss_and_grad(carry.params, minibatch, coef)
         stop = jnp.asarray(False) if threshold is None else info.approx_kl > threshold
         updates, new_opt_state = optimizer.update(grads, carry.opt_state, carry.params)

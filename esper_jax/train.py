@@ -42,7 +42,7 @@ class Args:
     """Train the Esper seed-slot controller (Tamiyo policy, Simic PPO) in JAX.
 
     Config resolution: --preset (or the run dir of --resume) → --config FILE.json → per-field flags below.
-    Envs: 'sim' (lifecycle simulator; the only one available now), 'host' (not available yet: refused)."""
+    Envs: 'host' (real CNN hosts trained on digits with their seeds; the default), 'sim' (lifecycle simulator)."""
 
     train: Annotated[TrainingConfig, __import__("tyro").conf.arg(name="")]
     distributed: Annotated[DistributedConfig, __import__("tyro").conf.arg(name="")] = DistributedConfig()
@@ -76,9 +76,6 @@ class Static:
 def build_static(cfg: TrainingConfig) -> Static:
     from esper_jax import env as env_mod
 
-    if cfg.env != "sim":
-        raise ConfigError(f"env {cfg.env!r} is not available yet (real host networks land in a later issue); "
-                          f"available envs: {list(env_mod.ENV_NAMES)}")
     from esper_jax import outcomes
 
     env = env_mod.make(cfg.env, cfg.env_config())
