@@ -4,13 +4,16 @@ One code path for 1 and N devices. Every array with an env (batch) axis — the 
 observations, LSTM carries, episode returns) and the trajectories — is split over the mesh axis ``"data"``;
 params, optimiser state, normalisers, keys and metrics are replicated. The compiled training interval is a plain
 ``jax.jit`` with those input/output shardings: XLA's SPMD partitioner (GSPMD) runs each device's envs locally and
-inserts the collectives itself, chiefly one all-reduce of the gradients per PPO step. Nothing here is
-``jax.pmap``.
+inserts the collectives itself. Nothing here is ``jax.pmap``. (``ppo.update`` selects minibatches with an index
+gather over the env axis, which GSPMD partitions by gathering the batch onto every device, so today the update
+runs replicated rather than split with a gradient all-reduce; the README's "Running on many devices" has the
+details.)
 
 The math is the single-device math: every random key is split for the *global* env count and the minibatch order
 comes from the update key and the global env count, so the same seed gives the same samples on 1 or N devices.
-Only the order of float additions over the sharded axis (per-device partial sums, then the all-reduce) can
-differ, which moves results by float32 rounding (see ``tests/test_distributed.py`` for the measured size).
+What can differ is the order of float additions over the sharded axis (per-device partial sums, then an
+all-reduce) and the CPU kernels picked for the smaller per-device batches, which moves results by float32
+rounding (``tests/test_distributed.py`` checks it against parity.md's update bound).
 
 Multi-host: :func:`initialize` calls ``jax.distributed.initialize()`` when the process was launched by a cluster
 manager (SLURM, Open MPI / PMI, a multi-host TPU slice, or ``JAX_COORDINATOR_ADDRESS``) or when a coordinator is
@@ -206,7 +209,8 @@ class Layout:
 
     def jit_interval(self, run: Any) -> Any:
         """``jax.jit`` of ``run(train_state, runner, key) -> (train_state, runner, key, metrics)`` with the
-        layout's shardings; GSPMD partitions the rollout by env and all-reduces the gradients."""
+        layout's shardings; GSPMD partitions the rest. The runner is donated: the caller replaces it with the
+        returned one, and on an accelerator its env states need not exist twice."""
         return jax.jit(
             run,
             in_shardings=(self.replicated, self.runner(), self.replicated),
