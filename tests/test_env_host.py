@@ -320,6 +320,7 @@ def _measure_fns():
     return cfg, jax.jit(two_epochs), jax.jit(jax.vmap(two_epochs, in_axes=(0, None, None, None)))
 
 
+@pytest.mark.slow  # a single and a vmapped compile of the oracle: minutes on a loaded 2-core CPU
 def test_vmapped_oracle_with_the_same_key_equals_a_single_oracle():
     """Reduced form of the vmap test below: a germinated seed, then one training epoch, at the oracle level."""
     cfg, single, batched = _measure_fns()
@@ -340,6 +341,7 @@ def test_vmapped_oracle_with_the_same_key_equals_a_single_oracle():
     assert not np.array_equal(state.slots[0].seed[0], state.slots[0].seed[2])
 
 
+@pytest.mark.slow  # two more compiled programs (3 slots): minutes on a loaded 2-core CPU
 def test_fused_validation_equals_one_forward_per_row():
     """The branching validation pass against the plain one (a full forward per alpha row), with two blended seeds
     of different operators and a third in TRAINING (fixed mode: its layout has every row kind, singletons too)."""

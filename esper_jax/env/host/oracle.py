@@ -197,8 +197,7 @@ class HostOracle:
     # ---- Oracle protocol -----------------------------------------------------------------------------------
 
     def init(self, key: jax.Array) -> HostState:
-        k_host, k_slots = jax.random.split(key)
-        host = cnn.init_host(self.spec, k_host)
+        host = cnn.init_host(self.spec, key)  # seeds get their parameters when germinated (_sync_seeds)
         slots = tuple(
             SlotParams(
                 seed=jnp.zeros((lay.size,), jnp.float32),
