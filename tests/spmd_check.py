@@ -41,7 +41,7 @@ from esper_jax.network import NetworkConfig
 
 HIDDEN = 32  # the SPMD behaviour does not depend on width; small nets keep the compiles short
 TRAIN_CONFIG = TrainingConfig(
-    n_episodes=24, n_envs=8, max_epochs=12, lstm_hidden_dim=HIDDEN, feature_dim=HIDDEN, iterations_per_interval=1,
+    env="sim", n_episodes=24, n_envs=8, max_epochs=12, lstm_hidden_dim=HIDDEN, feature_dim=HIDDEN, iterations_per_interval=1,
     checkpoint_every=2, seed=5,
     telemetry=RunTelemetryConfig(progress_bar=False, tensorboard=False, plots=False),
 )

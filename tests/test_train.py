@@ -25,8 +25,10 @@ from esper_jax.config import RunTelemetryConfig, TrainingConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The trainer's mechanics do not depend on the env: the simulator keeps the compiles short (the host env's step is
+# tested in test_env_host.py; a host-env training run is in the slow tests below).
 TINY = TrainingConfig(
-    n_episodes=8, n_envs=2, max_epochs=20, lstm_hidden_dim=32, feature_dim=32, iterations_per_interval=1,
+    env="sim", n_episodes=8, n_envs=2, max_epochs=20, lstm_hidden_dim=32, feature_dim=32, iterations_per_interval=1,
     checkpoint_every=2, eval_episodes=4, seed=3,
     telemetry=RunTelemetryConfig(progress_bar=False),
 )
@@ -212,7 +214,8 @@ def test_debug_nans_names_the_leaf(tmp_path, monkeypatch):
 def test_sigkill_mid_run_resumes_from_last_checkpoint(tmp_path):
     run_dir = tmp_path / "killed"
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"), PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "esper_jax.train", "--out", str(run_dir), "--n-episodes", "400", "--n-envs", "2",
+    cmd = [sys.executable, "-m", "esper_jax.train", "--out", str(run_dir), "--env", "sim", "--n-episodes", "400",
+           "--n-envs", "2",
            "--max-epochs", "20", "--lstm-hidden-dim", "32", "--feature-dim", "32", "--checkpoint-every", "1",
            "--eval-episodes", "2", "--seed", "5", "--telemetry.no-progress-bar"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
