@@ -42,7 +42,7 @@ class Args:
     """Train the Esper seed-slot controller (Tamiyo policy, Simic PPO) in JAX.
 
     Config resolution: --preset (or the run dir of --resume) → --config FILE.json → per-field flags below.
-    Envs: 'host' (real CNN hosts trained on digits with their seeds; the default), 'sim' (lifecycle simulator)."""
+    Envs: 'sim' (lifecycle simulator; the default), 'host' (real CNN hosts trained on digits with their seeds)."""
 
     train: Annotated[TrainingConfig, __import__("tyro").conf.arg(name="")]
     distributed: Annotated[DistributedConfig, __import__("tyro").conf.arg(name="")] = DistributedConfig()

@@ -58,13 +58,13 @@ def test_presets_keep_upstream_hyperparameters():
     assert PRESETS["default"] == TrainingConfig()
     c = preset("cifar10")
     assert (c.entropy_coef, c.plateau_threshold, c.env, c.env_task) == (0.1, 0.4, "host", "digits")
-    assert (PRESETS["default"].env, PRESETS["default"].env_task) == ("host", "digits")
+    assert (PRESETS["default"].env, PRESETS["default"].env_task) == ("sim", "cifar10")
+    assert TrainingConfig(env="host").env_task == "digits"
     d = preset("cifar10-deep")
     assert (d.entropy_coef, d.plateau_threshold, d.env, d.env_task) == (0.08, 0.35, "sim", "cifar10_deep")
     t = preset("tinystories")
     assert (t.entropy_coef, t.entropy_anneal_episodes, t.plateau_threshold, t.improvement_threshold,
             t.sparse_reward_scale, t.env, t.env_task) == (0.05, 10, 0.3, 1.5, 0.5, "sim", "tinystories")
-    assert TrainingConfig(env="sim").env_task == "cifar10"
     with pytest.raises(ConfigError, match="valid"):
         preset("nope")
 
@@ -157,7 +157,7 @@ def test_budget_arithmetic():
 def test_builders():
     cfg = TrainingConfig(slots=("r0c0", "r0c1"), max_epochs=30, permissive_gates=False, lstm_hidden_dim=64)
     env = cfg.env_config()
-    assert (env.num_slots, env.episode_length, env.gates, env.task) == (2, 30, "strict", "digits")
+    assert (env.num_slots, env.episode_length, env.gates, env.task) == (2, 30, "strict", "cifar10")
     net = cfg.network_config()
     assert (net.num_slots, net.hidden_dim) == (2, 64)
 
@@ -191,21 +191,21 @@ def test_cli_bad_config_file_starts_nothing(tmp_path, capsys):
 
 def test_host_env_refuses_a_task_without_data(tmp_path, capsys):
     with pytest.raises(ConfigError, match="cifar10.*valid host tasks.*digits"):
-        TrainingConfig(task="cifar10")
-    assert TrainingConfig(env="sim", task="cifar10").env_task == "cifar10"
+        TrainingConfig(env="host", task="cifar10")
+    assert TrainingConfig(task="cifar10").env_task == "cifar10"
     from esper_jax.train import main
 
     out = tmp_path / "run"
-    assert main(["--task", "cifar10", "--out", str(out)]) == 2
+    assert main(["--env", "host", "--task", "cifar10", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "digits" in err and "sim" in err
     assert not out.exists()
 
 
 def test_host_fields_reach_the_host_env_config():
-    env = TrainingConfig(batch_size_per_env=32, max_grad_norm=0.5).env_config()
+    env = TrainingConfig(env="host", batch_size_per_env=32, max_grad_norm=0.5).env_config()
     assert (env.task, env.host.batch_size, env.host.max_grad_norm, env.host_batch_size) == ("digits", 32, 0.5, 32)
-    assert TrainingConfig().env_config().host_batch_size == 16  # the digits task's minibatch
+    assert TrainingConfig(env="host").env_config().host_batch_size == 16  # the digits task's minibatch
 
 
 def test_cli_help_documents_everything(capsys):

@@ -320,7 +320,6 @@ def _measure_fns():
     return cfg, jax.jit(two_epochs), jax.jit(jax.vmap(two_epochs, in_axes=(0, None, None, None)))
 
 
-@pytest.mark.slow  # a single and a vmapped compile of the oracle: minutes on a loaded 2-core CPU
 def test_vmapped_oracle_with_the_same_key_equals_a_single_oracle():
     """Reduced form of the vmap test below: a germinated seed, then one training epoch, at the oracle level."""
     cfg, single, batched = _measure_fns()
