@@ -4,10 +4,11 @@ One code path for 1 and N devices. Every array with an env (batch) axis — the 
 observations, LSTM carries, episode returns) and the trajectories — is split over the mesh axis ``"data"``;
 params, optimiser state, normalisers, keys and metrics are replicated. The compiled training interval is a plain
 ``jax.jit`` with those input/output shardings: XLA's SPMD partitioner (GSPMD) runs each device's envs locally and
-inserts the collectives itself. Nothing here is ``jax.pmap``. (``ppo.update`` selects minibatches with an index
-gather over the env axis, which GSPMD partitions by gathering the batch onto every device, so today the update
-runs replicated rather than split with a gradient all-reduce; the README's "Running on many devices" has the
-details.)
+inserts the collectives itself. Nothing here is ``jax.pmap``. (With one minibatch, the trainer's setting,
+``ppo.update`` uses the batch as it is, so its forward and backward are split by env and the gradients meet in
+all-reduces; with several minibatches it selects each with an index gather over the env axis, which GSPMD
+partitions by gathering the batch onto every device, so that update runs replicated. The README's "Running on many
+devices" has the details.)
 
 The math is the single-device math: every random key is split for the *global* env count and the minibatch order
 comes from the update key and the global env count, so the same seed gives the same samples on 1 or N devices.
