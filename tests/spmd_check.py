@@ -118,7 +118,7 @@ def check_update(devices: int) -> dict:
     config = ppo.PPOConfig(epochs=2, minibatches=2, target_kl=None, learning_rate=1e-3)
     num_envs = 16
     state = ppo.create_train_state(jax.random.PRNGKey(0), config, net)
-    trajectory = jax.tree.map(np.asarray, fixtures.buffer_to_trajectory(fixtures.update_buffer(net, num_envs, 10)))
+    trajectory = jax.tree.map(np.asarray, fixtures.update_buffer(net, num_envs, 10).trajectory())
 
     results = {}
     for n in (1, devices):
