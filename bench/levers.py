@@ -17,6 +17,7 @@ at [envs × 150], so its effect can be read off directly:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import itertools
 import json
@@ -50,44 +51,40 @@ def rollout_unroll(num_envs: int, options: common.Options, unrolls=(1, 2, 4, 8))
     return out
 
 
-def _lstm_layer_unrolled(unroll: int | bool):
-    return functools.partial(_ORIGINAL_LSTM_LAYER, unroll=unroll)
+@contextlib.contextmanager
+def _lstm_unrolled(unroll: int | bool):
+    """Patch ``esper_jax.network._lstm_layer`` with ``unroll`` set, in this process only, for the ``with`` body."""
+    network_mod._lstm_layer = functools.partial(_ORIGINAL_LSTM_LAYER, unroll=unroll)
+    jax.clear_caches()  # nested jits (evaluate_actions) would otherwise reuse the unpatched trace
+    try:
+        yield
+    finally:
+        network_mod._lstm_layer = _ORIGINAL_LSTM_LAYER
+        jax.clear_caches()
 
 
 def rollout_lstm_unroll(num_envs: int, options: common.Options, unrolls=(1, True)) -> list[dict]:
     """The rollout with the LSTM's inner scan unrolled: at T = 1 per policy step, ``unroll=True`` removes the
     inner while loop (a length-1 ``lax.scan`` nested in the rollout scan) from the compiled step."""
-    original = network_mod._lstm_layer
     out = []
-    try:
-        for k in unrolls:
-            network_mod._lstm_layer = _lstm_layer_unrolled(k)
-            jax.clear_caches()
+    for k in unrolls:
+        with _lstm_unrolled(k):
             jitted, args, kwargs, *_ = rollout_bench.build_jax(num_envs)
             median, compile_s = _time(jitted, args, kwargs, options)
-            out.append(dict(lever=f"rollout with lstm_unroll={k}", envs=num_envs, median_s=median,
-                            steps_per_s=num_envs * SEQ_LEN / median, compile_s=compile_s))
-    finally:
-        network_mod._lstm_layer = original
-        jax.clear_caches()
+        out.append(dict(lever=f"rollout with lstm_unroll={k}", envs=num_envs, median_s=median,
+                        steps_per_s=num_envs * SEQ_LEN / median, compile_s=compile_s))
     return out
 
 
 def update_lstm_unroll(num_envs: int, options: common.Options, unrolls=(1, 2, 4, 8)) -> list[dict]:
-    original = network_mod._lstm_layer
     out = []
-    try:
-        for k in unrolls:
-            network_mod._lstm_layer = _lstm_layer_unrolled(k)
-            jax.clear_caches()  # nested jits (evaluate_actions) would otherwise reuse the unpatched trace
+    for k in unrolls:
+        with _lstm_unrolled(k):
             jitted, args, kwargs, *_ = update_bench.build_jax(num_envs)
             fresh = jax.jit(jitted.__wrapped__, static_argnames=tuple(kwargs))  # retrace with the patched layer
             median, compile_s = _time(fresh, args, kwargs, options)
-            out.append(dict(lever=f"update lstm_unroll={k}", envs=num_envs, median_s=median,
-                            samples_per_s=num_envs * SEQ_LEN / median, compile_s=compile_s))
-    finally:
-        network_mod._lstm_layer = original
-        jax.clear_caches()
+        out.append(dict(lever=f"update lstm_unroll={k}", envs=num_envs, median_s=median,
+                        samples_per_s=num_envs * SEQ_LEN / median, compile_s=compile_s))
     return out
 
 
