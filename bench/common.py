@@ -323,6 +323,8 @@ def jax_row(
     static: dict[str, Any] | None = None,
     label: tuple[str, int] | None = None,
     caller: Callable[[Callable[..., Any]], Callable[[], Any]] | None = None,
+    impl: str = JAX,
+    dtype: str = "float32",
 ) -> Measurement:
     """The esper_jax row of a benchmark: compile ``jitted`` ahead of time on ``args`` (``static``: its static
     keyword arguments; ``label``: record the cost for the compile benchmark), time it, describe the device.
@@ -333,7 +335,7 @@ def jax_row(
     call = caller(compiled.fn) if caller is not None else (lambda: compiled.fn(*args))
     return measured(
         bench,
-        JAX,
+        impl,
         time_jax(call, options),
         work=work,
         unit=unit,
@@ -344,6 +346,7 @@ def jax_row(
         seq_len=seq_len,
         compile_s=compiled.compile_s,
         note=note,
+        dtype=dtype,
     )
 
 

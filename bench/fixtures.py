@@ -23,8 +23,14 @@ SEQ_LEN = 150  # upstream's episode length and rollout length
 COMPAT = "fixed"
 
 
-def network_config(num_slots: int = NUM_SLOTS) -> NetworkConfig:
-    return NetworkConfig(num_slots=num_slots)
+BF16 = "bfloat16"
+# The esper_jax rows run twice: float32 (parity) and bf16 matmuls with float32 accumulation (NetworkConfig.matmul_dtype).
+JAX_BF16 = "esper_jax_bf16"
+BF16_DTYPE_LABEL = "bfloat16 matmuls, float32 accumulate"
+
+
+def network_config(num_slots: int = NUM_SLOTS, matmul_dtype: str | None = None) -> NetworkConfig:
+    return NetworkConfig(num_slots=num_slots, matmul_dtype=matmul_dtype)
 
 
 def torch_network(torch: Any, config: NetworkConfig, seed: int = 0) -> Any:

@@ -37,6 +37,7 @@ QUICK_TORCH_STEPS = 30
 def policy_scan(params, carry, features, blueprint_indices, masks, key, *, config, unroll: int = 1):
     """T policy steps in one ``lax.scan``: returns the final carry and per-step actions, log-probs and values."""
     keys = jax.random.split(key, features.shape[0])
+    params = policy.cast_kernels(params, config)  # as rollout.collect does: the scan reads the matmul-dtype copy
 
     def step(carry, xs):
         feats, bp, step_masks, step_key = xs
@@ -46,9 +47,9 @@ def policy_scan(params, carry, features, blueprint_indices, masks, key, *, confi
     return jax.lax.scan(step, carry, (features, blueprint_indices, masks, keys), unroll=unroll)
 
 
-def build_jax(num_envs: int, num_steps: int = SEQ_LEN, torch_net: Any = None):
+def build_jax(num_envs: int, num_steps: int = SEQ_LEN, torch_net: Any = None, matmul_dtype: str | None = None):
     """(jitted fn, args, kwargs, config, params) for one rollout of ``num_envs`` envs."""
-    config = fixtures.network_config()
+    config = fixtures.network_config(matmul_dtype=matmul_dtype)
     params = fixtures.jax_params(config, torch_net)
     features, bp, masks = fixtures.step_inputs(num_envs, num_steps)
     carry = policy.initial_carry(config, (num_envs,))
@@ -56,22 +57,28 @@ def build_jax(num_envs: int, num_steps: int = SEQ_LEN, torch_net: Any = None):
     return policy_scan, args, {"config": config}, config, params
 
 
-def measure_jax(num_envs: int, options: Options, torch_net: Any = None, unroll: int = 1) -> Measurement:
-    jitted, args, kwargs, config, params = build_jax(num_envs, torch_net=torch_net)
+def measure_jax(
+    num_envs: int, options: Options, torch_net: Any = None, unroll: int = 1, matmul_dtype: str | None = None
+) -> Measurement:
+    jitted, args, kwargs, config, params = build_jax(num_envs, torch_net=torch_net, matmul_dtype=matmul_dtype)
+    bf16 = matmul_dtype == fixtures.BF16
     return common.jax_row(
         NAME,
         jitted,
         args,
         options,
         static=dict(kwargs, unroll=unroll),
-        label=("rollout", num_envs) if unroll == 1 else None,
+        label=("rollout", num_envs) if unroll == 1 and not bf16 else None,
+        impl=fixtures.JAX_BF16 if bf16 else common.JAX,
+        dtype=fixtures.BF16_DTYPE_LABEL if bf16 else "float32",
         work=num_envs * SEQ_LEN,
         unit="env-step",
         envs=num_envs,
         slots=config.num_slots,
         seq_len=SEQ_LEN,
         note=f"lax.scan of get_action, precomputed per-step inputs, {fixtures.describe(config, params)}"
-        + (f", unroll={unroll}" if unroll != 1 else ""),
+        + (f", unroll={unroll}" if unroll != 1 else "")
+        + (", bf16 matmuls (kernels cast once before the scan)" if bf16 else ""),
     )
 
 
@@ -121,12 +128,14 @@ def run(options: Options) -> list[Measurement]:
     rows: list[Measurement] = []
     for num_envs in envs:
         jax_row = measure_jax(num_envs, options, torch_net)
+        bf16_row = measure_jax(num_envs, options, torch_net, matmul_dtype=fixtures.BF16)
         if torch is None:
             torch_row = common.skipped(NAME, TORCH, "torch is not installed", envs=num_envs)
         else:
             torch_row = measure_torch(torch, torch_net, num_envs, options)
             common.pair_ratio(jax_row, torch_row)
-        rows += [common.emit(jax_row), common.emit(torch_row)]
+            common.pair_ratio(bf16_row, torch_row)
+        rows += [common.emit(jax_row), common.emit(bf16_row), common.emit(torch_row)]
     for num_envs in dropped:
         rows.append(common.emit(common.skipped(NAME, "both", f"envs > cap {options.env_cap(NAME)} (--max-envs/--cap)", envs=num_envs)))
     return rows

@@ -35,14 +35,14 @@ def _modules():
     return ppo, ""
 
 
-def build_jax(num_envs: int, torch_net: Any = None, num_steps: int = SEQ_LEN):
+def build_jax(num_envs: int, torch_net: Any = None, num_steps: int = SEQ_LEN, matmul_dtype: str | None = None):
     """(jitted update, args, kwargs, network config, params) for one update on [num_envs × num_steps]."""
     ppo, reason = _modules()
     if ppo is None:
         raise ImportError(reason)
     from esper_jax import normalization
 
-    config = fixtures.network_config()
+    config = fixtures.network_config(matmul_dtype=matmul_dtype)
     params = fixtures.jax_params(config, torch_net)
     ppo_config = ppo.PPOConfig(target_kl=None, compat=fixtures.COMPAT)
     state = ppo.TrainState(
@@ -56,21 +56,25 @@ def build_jax(num_envs: int, torch_net: Any = None, num_steps: int = SEQ_LEN):
     return ppo.update, args, {"config": ppo_config, "network_config": config}, config, params
 
 
-def measure_jax(num_envs: int, options: Options, torch_net: Any = None) -> Measurement:
-    jitted, args, kwargs, config, params = build_jax(num_envs, torch_net)
+def measure_jax(num_envs: int, options: Options, torch_net: Any = None, matmul_dtype: str | None = None) -> Measurement:
+    jitted, args, kwargs, config, params = build_jax(num_envs, torch_net, matmul_dtype=matmul_dtype)
+    bf16 = matmul_dtype == fixtures.BF16
     return common.jax_row(
         NAME,
         jitted,
         args,
         options,
         static=kwargs,
-        label=("update", num_envs),
+        label=None if bf16 else ("update", num_envs),
+        impl=fixtures.JAX_BF16 if bf16 else common.JAX,
+        dtype=fixtures.BF16_DTYPE_LABEL if bf16 else "float32",
         work=num_envs * SEQ_LEN,
         unit="sample",
         envs=num_envs,
         slots=config.num_slots,
         seq_len=SEQ_LEN,
-        note=f"ppo.update (GAE + fwd + bwd + Adam, 1 step), {fixtures.describe(config, params)}",
+        note=f"ppo.update (GAE + fwd + bwd + Adam, 1 step), {fixtures.describe(config, params)}"
+        + (", bf16 matmuls (float32 params and Adam)" if bf16 else ""),
     )
 
 
@@ -126,15 +130,18 @@ def run(options: Options) -> list[Measurement]:
     for num_envs in envs:
         # JAX params are copied from the torch net before torch trains it, so both start from the same weights.
         jax_row = measure_jax(num_envs, options, torch_net)
+        # bf16 costs a second update compile (~15 s on a 2-core CPU), so --quick keeps to float32 here
+        jax_rows = [jax_row] + ([] if options.quick else [measure_jax(num_envs, options, torch_net, fixtures.BF16)])
         if torch is None:
             torch_rows = [common.skipped(NAME, TORCH, "torch is not installed", envs=num_envs)]
         else:
             torch_rows = measure_torch(torch, torch_net, num_envs, options)
-            common.pair_ratio(jax_row, torch_rows[0])
+            for row in jax_rows:
+                common.pair_ratio(row, torch_rows[0])
             step_row = torch_rows[1]
             if jax_row.throughput and step_row.throughput:
                 step_row.note += f"; esper_jax is {jax_row.throughput / step_row.throughput:.2f}× this"
-        rows += [common.emit(jax_row)] + [common.emit(r) for r in torch_rows]
+        rows += [common.emit(r) for r in jax_rows] + [common.emit(r) for r in torch_rows]
     for num_envs in dropped:
         rows.append(common.emit(common.skipped(NAME, "both", f"envs > cap {options.env_cap(NAME)} (--max-envs/--cap)", envs=num_envs)))
     return rows

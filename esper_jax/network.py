@@ -45,6 +45,8 @@ __all__ = [
     "embedding_indices",
     "param_count",
     "orthogonal",
+    "matmul",
+    "is_kernel",
 ]
 
 DEFAULT_FEATURE_DIM = 512
@@ -71,6 +73,10 @@ class NetworkConfig:
     lstm_layers: int = 1
     blueprint_embed_dim: int = DEFAULT_BLUEPRINT_EMBED_DIM
     dtype: Any = jnp.float32
+    # Operand type of the matmuls (None: ``dtype``). bfloat16 rounds activations and kernels to bf16 and
+    # accumulates in ``dtype``; params, biases, LayerNorm, the LSTM cell maths and the heads' softmax stay in
+    # ``dtype``. It halves the bytes of weights a small-batch step streams and runs on bf16 tensor cores on GPUs.
+    matmul_dtype: Any = None
 
     def __post_init__(self) -> None:
         for name in ("num_slots", "feature_dim", "hidden_dim", "lstm_layers", "blueprint_embed_dim"):
@@ -81,6 +87,13 @@ class NetworkConfig:
             raise ValueError(f"NetworkConfig.hidden_dim must be even (heads use hidden_dim // 2), got {self.hidden_dim}")
         # Normalise to a numpy scalar type so float32 given as jnp.float32, np.float32 or "float32" hash alike.
         object.__setattr__(self, "dtype", np.dtype(self.dtype).type)
+        matmul = self.dtype if self.matmul_dtype is None else _float_dtype("matmul_dtype", self.matmul_dtype)
+        if np.dtype(matmul).itemsize > np.dtype(self.dtype).itemsize:
+            raise ValueError(
+                f"NetworkConfig.matmul_dtype ({np.dtype(matmul).name}) must not be wider than dtype "
+                f"({np.dtype(self.dtype).name}): the matmuls accumulate in dtype"
+            )
+        object.__setattr__(self, "matmul_dtype", matmul)
 
     @property
     def state_dim(self) -> int:
@@ -99,6 +112,43 @@ class NetworkConfig:
     @property
     def head_sizes(self) -> dict[str, int]:
         return head_sizes(self.num_slots)
+
+
+def _float_dtype(field: str, value: Any) -> Any:
+    try:
+        dtype = np.dtype(jnp.dtype(value))
+    except TypeError as error:
+        raise ValueError(f"NetworkConfig.{field} must be a float dtype such as 'float32' or 'bfloat16', got {value!r}") from error
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"NetworkConfig.{field} must be a float dtype such as 'float32' or 'bfloat16', got {dtype.name}")
+    return dtype.type
+
+
+def matmul(x: jax.Array, kernel: jax.Array, matmul_dtype: Any) -> jax.Array:
+    """``x @ kernel`` with both operands rounded to ``matmul_dtype`` and the result in ``x``'s dtype.
+
+    With ``matmul_dtype`` equal to ``x``'s dtype this is exactly ``x @ kernel``. A kernel already stored in
+    ``matmul_dtype`` (``policy.cast_kernels``) is used as is, so a scan over steps reads the narrow copy.
+    """
+    if jnp.dtype(matmul_dtype) == x.dtype and kernel.dtype == x.dtype:
+        return x @ kernel
+    return jnp.matmul(x.astype(matmul_dtype), kernel.astype(matmul_dtype), preferred_element_type=x.dtype)
+
+
+def _dot_general(matmul_dtype: Any):
+    """A ``lax.dot_general`` for ``nn.Dense`` that rounds both operands to ``matmul_dtype`` (None: Flax's own)."""
+
+    def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+        del preferred_element_type  # the product comes back in the input dtype, as without the rounding
+        return jax.lax.dot_general(
+            lhs.astype(matmul_dtype),
+            rhs.astype(matmul_dtype),
+            dimension_numbers,
+            precision=precision,
+            preferred_element_type=lhs.dtype,
+        )
+
+    return dot_general
 
 
 @struct.dataclass
@@ -210,13 +260,15 @@ def orthogonal(gain: float = 1.0):
     return init
 
 
-def _dense(features: int, gain: float, dtype: Any, name: str) -> nn.Dense:
+def _dense(features: int, gain: float, dtype: Any, matmul_dtype: Any, name: str) -> nn.Dense:
     return nn.Dense(
         features,
         kernel_init=orthogonal(gain),
         bias_init=nn.initializers.zeros,
         dtype=dtype,
         param_dtype=dtype,
+        # Kept None at full width, so that path is Flax's own (bit-identical parity).
+        dot_general=None if np.dtype(matmul_dtype) == np.dtype(dtype) else _dot_general(matmul_dtype),
         name=name,
     )
 
@@ -231,12 +283,13 @@ class MLPHead(nn.Module):
     widths: tuple[int, ...]
     last_gain: float
     dtype: Any
+    matmul_dtype: Any
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         last = len(self.widths) - 1
         for i, width in enumerate(self.widths):
-            x = _dense(width, self.last_gain if i == last else HIDDEN_GAIN, self.dtype, f"l{2 * i}")(x)
+            x = _dense(width, self.last_gain if i == last else HIDDEN_GAIN, self.dtype, self.matmul_dtype, f"l{2 * i}")(x)
             if i != last:
                 x = nn.relu(x)
         return x
@@ -247,10 +300,11 @@ class FeatureNet(nn.Module):
 
     features: int
     dtype: Any
+    matmul_dtype: Any
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = _dense(self.features, HIDDEN_GAIN, self.dtype, "l0")(x)
+        x = _dense(self.features, HIDDEN_GAIN, self.dtype, self.matmul_dtype, "l0")(x)
         return nn.relu(_layer_norm(self.dtype, "l1")(x))
 
 
@@ -273,6 +327,7 @@ class TorchLSTM(nn.Module):
     hidden: int
     layers: int
     dtype: Any
+    matmul_dtype: Any
 
     @nn.compact
     def __call__(self, x: jax.Array, carry: LSTMCarry) -> tuple[jax.Array, LSTMCarry]:
@@ -293,6 +348,7 @@ class TorchLSTM(nn.Module):
                 kernel_hh,
                 bias_ih,
                 bias_hh,
+                matmul_dtype=self.matmul_dtype,
             )
             h_out.append(h_t)
             c_out.append(c_t)
@@ -307,15 +363,17 @@ def _lstm_layer(
     bias_ih: jax.Array,
     bias_hh: jax.Array,
     unroll: int | bool = 1,
+    matmul_dtype: Any = None,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """One layer over ``x [..., T, in]`` from ``hc`` ([..., H] each); returns ([..., T, H], (h_T, c_T)).
     ``unroll``: of the recurrence scan (a speed experiment's knob, ``bench.levers``; 1 in the network)."""
     hidden = kernel_hh.shape[0]
-    input_gates = jnp.moveaxis(x @ kernel_ih + bias_ih, -2, 0)  # [T, ..., 4H]
+    mm = x.dtype if matmul_dtype is None else matmul_dtype
+    input_gates = jnp.moveaxis(matmul(x, kernel_ih, mm) + bias_ih, -2, 0)  # [T, ..., 4H]
 
     def step(state, gates_x):
         h, c = state
-        gates = (h @ kernel_hh + bias_hh) + gates_x  # torch: linear_hh(hx).add_(precomputed input)
+        gates = (matmul(h, kernel_hh, mm) + bias_hh) + gates_x  # torch: linear_hh(hx).add_(precomputed input)
         i = jax.nn.sigmoid(gates[..., :hidden])
         f = jax.nn.sigmoid(gates[..., hidden : 2 * hidden])
         g = jnp.tanh(gates[..., 2 * hidden : 3 * hidden])
@@ -351,22 +409,22 @@ class FactoredRecurrentActorCritic(nn.Module):
 
     def setup(self) -> None:
         cfg = self.config
-        dt = cfg.dtype
+        dt, mm = cfg.dtype, cfg.matmul_dtype
         h, hh = cfg.hidden_dim, cfg.head_hidden_dim
         sizes = cfg.head_sizes
         self.blueprint_embedding = BlueprintEmbedding(cfg.blueprint_embed_dim, dt)
-        self.feature_net = FeatureNet(cfg.feature_dim, dt)
-        self.lstm = TorchLSTM(h, cfg.lstm_layers, dt)
+        self.feature_net = FeatureNet(cfg.feature_dim, dt, mm)
+        self.lstm = TorchLSTM(h, cfg.lstm_layers, dt, mm)
         self.lstm_ln = _layer_norm(dt)
-        self.slot_head = MLPHead((hh, sizes["slot"]), POLICY_HEAD_LAST_GAIN, dt)
-        self.blueprint_head = MLPHead((h, hh, sizes["blueprint"]), POLICY_HEAD_LAST_GAIN, dt)
-        self.style_head = MLPHead((hh, sizes["style"]), POLICY_HEAD_LAST_GAIN, dt)
-        self.tempo_head = MLPHead((hh, sizes["tempo"]), POLICY_HEAD_LAST_GAIN, dt)
-        self.alpha_target_head = MLPHead((hh, sizes["alpha_target"]), POLICY_HEAD_LAST_GAIN, dt)
-        self.alpha_speed_head = MLPHead((hh, sizes["alpha_speed"]), POLICY_HEAD_LAST_GAIN, dt)
-        self.alpha_curve_head = MLPHead((hh, sizes["alpha_curve"]), POLICY_HEAD_LAST_GAIN, dt)
-        self.op_head = MLPHead((hh, sizes["op"]), POLICY_HEAD_LAST_GAIN, dt)
-        self.value_head = MLPHead((hh, 1), VALUE_HEAD_LAST_GAIN, dt)
+        self.slot_head = MLPHead((hh, sizes["slot"]), POLICY_HEAD_LAST_GAIN, dt, mm)
+        self.blueprint_head = MLPHead((h, hh, sizes["blueprint"]), POLICY_HEAD_LAST_GAIN, dt, mm)
+        self.style_head = MLPHead((hh, sizes["style"]), POLICY_HEAD_LAST_GAIN, dt, mm)
+        self.tempo_head = MLPHead((hh, sizes["tempo"]), POLICY_HEAD_LAST_GAIN, dt, mm)
+        self.alpha_target_head = MLPHead((hh, sizes["alpha_target"]), POLICY_HEAD_LAST_GAIN, dt, mm)
+        self.alpha_speed_head = MLPHead((hh, sizes["alpha_speed"]), POLICY_HEAD_LAST_GAIN, dt, mm)
+        self.alpha_curve_head = MLPHead((hh, sizes["alpha_curve"]), POLICY_HEAD_LAST_GAIN, dt, mm)
+        self.op_head = MLPHead((hh, sizes["op"]), POLICY_HEAD_LAST_GAIN, dt, mm)
+        self.value_head = MLPHead((hh, 1), VALUE_HEAD_LAST_GAIN, dt, mm)
 
     def trunk(self, features: jax.Array, blueprint_indices: jax.Array, carry: LSTMCarry) -> TrunkOutput:
         """``features [..., T, D]``, ``blueprint_indices [..., T, S]``, ``carry [..., L, H]`` → TrunkOutput."""
@@ -390,6 +448,13 @@ class FactoredRecurrentActorCritic(nn.Module):
     ) -> tuple[TrunkOutput, jax.Array]:
         out = self.trunk(features, blueprint_indices, carry)
         return out, self.q_value(out.lstm_out, op)
+
+
+def is_kernel(path: tuple[Any, ...]) -> bool:
+    """Whether a parameter (by its tree path) is a matmul operand: a Dense ``kernel`` or an LSTM ``kernel_*``.
+    The embedding table is gathered, not multiplied, and stays at full width."""
+    name = str(getattr(path[-1], "key", path[-1]))
+    return name == "kernel" or name.startswith("kernel_")
 
 
 def param_count(params: Any) -> int:

@@ -213,6 +213,7 @@ def collect(
     compat = config.compat
     num_envs = runner.episode_return.shape[0]
     zero_carry = policy.initial_carry(network_config, (num_envs,))
+    params = policy.cast_kernels(params, network_config)  # once per rollout, not once per step
 
     def observe(obs: Observation) -> tuple[features_mod.Features, PerHead]:
         return features_mod.extract(obs, compat=compat, validate=False), masks_mod.compute(obs, config.mask_config)

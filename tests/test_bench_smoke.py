@@ -56,6 +56,8 @@ def test_quick_suite_runs_and_reports(quick_run):
     for bench in ("features", "rollout", "update"):
         impls = {r["impl"] for r in rows if r["bench"] == bench and r["status"] == "ok"}
         assert {"esper_jax", "torch_ref"} <= impls, f"{bench}: measured {impls}"
+    bf16 = [r for r in rows if r["bench"] == "rollout" and r["impl"] == "esper_jax_bf16"]
+    assert bf16 and bf16[0]["status"] == "ok" and "bfloat16" in bf16[0]["dtype"], bf16
     ok = [r for r in rows if r["status"] == "ok" and r["bench"] != "compile"]
     assert all(r["median_s"] > 0 and r["throughput"] > 0 and r["reps"] >= 1 for r in ok)
     assert "| bench | impl |" in proc.stdout, "markdown table not printed"

@@ -406,20 +406,39 @@ def test_kl_early_stop_leaves_params_and_optimizer_untouched(start):
     # came from the KL check alone.
 
 
+def _train_on_cue(state, runner, traj, net, iterations: int = 70) -> list[float]:
+    key = jax.random.PRNGKey(10)
+    returns = []
+    for _ in range(iterations):
+        key, k_update, k_collect = jax.random.split(key, 3)
+        state, _ = ppo.update(state, traj, k_update, config=LEARN, network_config=net)
+        runner, traj, metrics = rollout.collect(
+            CUE, state.params, runner, state.obs_stats, k_collect, network_config=net, config=ROLLOUT
+        )
+        returns.append(float(metrics.mean_episode_return))
+    return returns
+
+
 def test_ppo_learns_the_recurrent_cue_task(start):
     """A memoryless policy scores ≤ 0.5 in expectation; the std of a 640-episode mean at p = 0.5 is 0.02, so a
     mean of 0.8 over the last 10 batches is 15σ away from anything a policy without recurrence could reach."""
     state, runner, traj, first_metrics = start
     assert abs(float(first_metrics.mean_episode_return) - 0.5) < 0.2  # the fresh policy is near-uniform
-    key = jax.random.PRNGKey(10)
-    returns = []
-    for _ in range(70):
-        key, k_update, k_collect = jax.random.split(key, 3)
-        state, _ = ppo.update(state, traj, k_update, config=LEARN, network_config=NET)
-        runner, traj, metrics = rollout.collect(
-            CUE, state.params, runner, state.obs_stats, k_collect, network_config=NET, config=ROLLOUT
-        )
-        returns.append(float(metrics.mean_episode_return))
-    late = float(np.mean(returns[-10:]))
+    late = float(np.mean(_train_on_cue(state, runner, traj, NET)[-10:]))
     print(f"cue task mean return: first {float(first_metrics.mean_episode_return):.3f}, last 10 batches {late:.3f}")
+    assert late >= 0.8
+
+
+def test_ppo_learns_the_recurrent_cue_task_with_bf16_matmuls():
+    """The same task with every matmul in bfloat16 (float32 params, accumulation and optimiser): the memory
+    must survive the rounding of the LSTM's kernels and state."""
+    net = dataclasses.replace(NET, matmul_dtype="bfloat16")
+    state = ppo.create_train_state(jax.random.PRNGKey(0), LEARN, net)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.params))
+    runner = rollout.init_runner(CUE, net, NUM_ENVS, jax.random.PRNGKey(1))
+    runner, traj, _ = rollout.collect(
+        CUE, state.params, runner, state.obs_stats, jax.random.PRNGKey(2), network_config=net, config=ROLLOUT
+    )
+    late = float(np.mean(_train_on_cue(state, runner, traj, net)[-10:]))
+    print(f"cue task with bf16 matmuls: last 10 batches {late:.3f}")
     assert late >= 0.8
