@@ -419,6 +419,16 @@ def write_results(out: Path, rows: Sequence[Measurement], info: dict[str, Any], 
     return path
 
 
+def _series_label(row: Measurement) -> str:
+    """One plotted line per implementation, and per slot count (features) or environment (train: its note starts
+    with ``env=sim``/``env=host``, and a sim row and a host row must not be joined into one line)."""
+    if row.bench == "features":
+        return f"{row.impl}, {row.slots} slots"
+    if row.bench == "train" and row.note.startswith("env="):
+        return f"{row.impl}, {row.note.split(',', 1)[0]}"
+    return row.impl
+
+
 def plot(out: Path, rows: Sequence[Measurement], title: str) -> Path | None:
     """throughput.png: throughput vs envs (log-log), one panel per benchmark, one line per implementation (and
     per slot count for features). Returns None, with a message, when matplotlib is not installed."""
@@ -439,8 +449,7 @@ def plot(out: Path, rows: Sequence[Measurement], title: str) -> Path | None:
         series: dict[str, list[Measurement]] = {}
         for r in ok:
             if r.bench == bench:
-                label = r.impl + (f", {r.slots} slots" if bench == "features" else "")
-                series.setdefault(label, []).append(r)
+                series.setdefault(_series_label(r), []).append(r)
         for label, points in series.items():
             points.sort(key=lambda r: r.envs)
             style = "-o" if label.startswith(JAX) else "--s"

@@ -70,3 +70,14 @@ def test_quick_suite_writes_results(quick_run):
     assert payload["rows"] and payload["host"]["jax_device"]
     if (out / "throughput.png").exists():  # only when matplotlib is installed
         assert (out / "throughput.png").stat().st_size > 0
+
+
+def test_plot_keeps_sim_and_host_train_rows_on_separate_lines():
+    from bench.common import Measurement, _series_label
+
+    sim = Measurement(bench="train", impl="esper_jax", status="ok", envs=64, note="env=sim, collect + ppo.update")
+    host = Measurement(bench="train", impl="esper_jax", status="ok", envs=4, note="env=host, collect + ppo.update")
+    features = Measurement(bench="features", impl="esper_jax", status="ok", envs=4, slots=25)
+    assert _series_label(sim) == "esper_jax, env=sim" and _series_label(host) == "esper_jax, env=host"
+    assert _series_label(features) == "esper_jax, 25 slots"
+    assert _series_label(Measurement(bench="rollout", impl="esper_jax_bf16", status="ok")) == "esper_jax_bf16"
