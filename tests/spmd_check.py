@@ -198,8 +198,8 @@ def check_train(devices: int, out: Path) -> dict:
                                for r in many["records"]],
                               [[r[k] for k in keys if isinstance(r[k], (int, float)) and r[k] is not None]
                                for r in one["records"]]) if len(one["records"]) == len(many["records"]) else None,
-        "counts_identical": [(r["env_steps"], r["episodes"], r["seed_ops"], r["early_stopped"]) for r in one["records"]]
-        == [(r["env_steps"], r["episodes"], r["seed_ops"], r["early_stopped"]) for r in many["records"]],
+        "counts_identical": [(r["env_steps"], r["episodes"], r["op_counts"], r["seed_outcomes"], r["early_stopped"]) for r in one["records"]]
+        == [(r["env_steps"], r["episodes"], r["op_counts"], r["seed_outcomes"], r["early_stopped"]) for r in many["records"]],
         "num_records": len(one["records"]),
         "params": _max_diffs(many["params"], one["params"]),
         "runner": _max_diffs(many["runner"], one["runner"]),

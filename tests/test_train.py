@@ -217,6 +217,7 @@ def test_sigkill_mid_run_resumes_from_last_checkpoint(tmp_path):
     cmd = [sys.executable, "-m", "esper_jax.train", "--out", str(run_dir), "--env", "sim", "--n-episodes", "400",
            "--n-envs", "2",
            "--max-epochs", "20", "--lstm-hidden-dim", "32", "--feature-dim", "32", "--checkpoint-every", "1",
+           "--iterations-per-interval", "1",  # one iteration (2 episodes) per interval: the arithmetic below
            "--eval-episodes", "2", "--seed", "5", "--telemetry.no-progress-bar"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 400
