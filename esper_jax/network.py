@@ -423,7 +423,7 @@ def _recurrence_bwd(mm, unroll, residuals, cotangents):
 
     def step(carry, xs):
         dh, dc = carry
-        dy, hp, cp, c_now, i_, f_, g_, o_ = xs
+        dy, cp, c_now, i_, f_, g_, o_ = xs
         dh = dh + dy
         tanh_c = jnp.tanh(c_now)
         dc = dc + dh * o_ * (1.0 - tanh_c * tanh_c)
@@ -440,7 +440,7 @@ def _recurrence_bwd(mm, unroll, residuals, cotangents):
         return (dh_prev, dc * f_), dgates
 
     (dh0, dc0), dgates = jax.lax.scan(
-        step, (d_h_t, d_c_t), (d_ys, h_prev, c_prev, c, i, f, g, o), reverse=True, unroll=unroll
+        step, (d_h_t, d_c_t), (d_ys, c_prev, c, i, f, g, o), reverse=True, unroll=unroll
     )
     rows = h_prev.reshape(-1, h_prev.shape[-1])  # [T·B, H]
     d_rows = dgates.reshape(-1, dgates.shape[-1])  # [T·B, 4H]
