@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bench.common import JAX
 from esper_jax import policy
 from esper_jax.contracts import SlotConfig
 from esper_jax.network import NetworkConfig, param_count
@@ -27,6 +28,13 @@ BF16 = "bfloat16"
 # The esper_jax rows run twice: float32 (parity) and bf16 matmuls with float32 accumulation (NetworkConfig.matmul_dtype).
 JAX_BF16 = "esper_jax_bf16"
 BF16_DTYPE_LABEL = "bfloat16 matmuls, float32 accumulate"
+
+
+def jax_variant(matmul_dtype: str | None) -> dict[str, str]:
+    """The ``impl`` and ``dtype`` fields of an esper_jax row run with ``matmul_dtype`` (None: the float32 row)."""
+    if matmul_dtype == BF16:
+        return {"impl": JAX_BF16, "dtype": BF16_DTYPE_LABEL}
+    return {"impl": JAX, "dtype": "float32"}
 
 
 def network_config(num_slots: int = NUM_SLOTS, matmul_dtype: str | None = None) -> NetworkConfig:
