@@ -34,7 +34,7 @@ def fresh(shape: tuple[int, ...]) -> Controller:
         start=zeros,
         target=zeros,
         mode=izeros,
-        curve=jnp.full(shape, AlphaCurve.LINEAR, jnp.int32),
+        curve=jnp.full(shape, int(AlphaCurve.LINEAR), jnp.int32),
         steepness=jnp.full(shape, 12.0, jnp.float32),
         steps_total=izeros,
         steps_done=izeros,

@@ -91,15 +91,15 @@ def empty_slots(num_slots: int) -> Slots:
     i0 = jnp.zeros(shape, jnp.int32)
     b0 = jnp.zeros(shape, jnp.bool_)
     return Slots(
-        stage=jnp.full(shape, SeedStage.DORMANT, jnp.int32),
-        previous_stage=jnp.full(shape, SeedStage.DORMANT, jnp.int32),
+        stage=jnp.full(shape, int(SeedStage.DORMANT), jnp.int32),
+        previous_stage=jnp.full(shape, int(SeedStage.DORMANT), jnp.int32),
         previous_epochs_in_stage=i0,
         epochs_in_stage=i0,
         epochs_total=i0,
         blueprint=jnp.full(shape, -1, jnp.int32),
         seed_id=jnp.full(shape, -1, jnp.int32),
-        algorithm=jnp.full(shape, AlphaAlgorithm.ADD, jnp.int32),
-        blend_curve=jnp.full(shape, AlphaCurve.LINEAR, jnp.int32),
+        algorithm=jnp.full(shape, int(AlphaAlgorithm.ADD), jnp.int32),
+        blend_curve=jnp.full(shape, int(AlphaCurve.LINEAR), jnp.int32),
         tempo=i0,
         initial_target=f0,
         controller=alpha_mod.fresh(shape),
