@@ -175,8 +175,11 @@ def test_scheduled_prune_pays_the_no_baseline_branch_during_its_ramp():
 # 4. Holding warning: the sign of the bounded attribution as float64 sees it
 # ---------------------------------------------------------------------------------------------------------------
 
+def f(x, dtype=jnp.float32):
+    return jnp.asarray(x, dtype)
+
+
 def _holding_seed(ti, c=2.0, k=3):
-    f = lambda x, d=jnp.float32: jnp.asarray(x, d)
     return R.SeedInputs(
         present=f(True, jnp.bool_), stage=f(int(S.HOLDING), jnp.int32), epochs_in_stage=f(k, jnp.int32),
         previous_stage=f(int(S.BLENDING), jnp.int32), previous_epochs_in_stage=f(3, jnp.int32),
@@ -204,7 +207,6 @@ def test_holding_warning_survives_float32_underflow(ti):
 # ---------------------------------------------------------------------------------------------------------------
 
 def _terms(cfg, op=W, val_acc=50.0, acc_delta=0.0, stage=S.BLENDING, ti=0.0, c=0.0, known=False, has_germ=False):
-    f = lambda x, d=jnp.float32: jnp.asarray(x, d)
     seed = R.SeedInputs(
         present=f(True, jnp.bool_), stage=f(int(stage), jnp.int32), epochs_in_stage=f(1, jnp.int32),
         previous_stage=f(int(S.TRAINING), jnp.int32), previous_epochs_in_stage=f(1, jnp.int32),
