@@ -164,7 +164,9 @@ def seed_terms(
     # exponent is clamped at 700), but bounded·d underflows to 0 in float32 once ti < about −29.6; so where no ratio
     # penalty applies the sign is that of w·bounded. With a ratio penalty d ≥ 0.5 and the float32 value is safe.
     bounded_sign = (bounded > 0.0) if cw > 0 else (bounded < 0.0)
-    known_positive = jnp.where(c < 0.0, jnp.asarray(cw < 0), jnp.where(rp != 0.0, known_nonnegative > 0.0, bounded_sign))
+    known_positive = jnp.where(
+        c < 0.0, jnp.asarray(cw < 0), jnp.where(rp != 0.0, known_nonnegative > 0.0, bounded_sign)
+    )
     proxy_positive = (acc_delta > 0.0) & (proxy_weight > 0)
     a_positive = attributed & jnp.where(seed.contribution_known, known_positive, proxy_positive)
     a = jnp.where((op == LifecycleOp.FOSSILIZE) & (ti < 0.0), 0.0, a)
