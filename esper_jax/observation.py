@@ -26,7 +26,7 @@ class Signals:
     accuracy_history: jnp.ndarray  # float32 [..., 5], 0–100 scale, left-padded with 0.0
     last_action_success: jnp.ndarray  # bool [...]
     last_action_op: jnp.ndarray  # int32 [...], a LifecycleOp value
-    total_seeds: jnp.ndarray  # int32 [...], seeds germinated so far (for the max_seeds mask rule)
+    total_seeds: jnp.ndarray  # int32 [...], seeds holding a module now, fossils included (the max_seeds mask rule)
 
 
 @struct.dataclass

@@ -56,7 +56,7 @@ def _episode(env, key):
         })
 
         def valid_for(op, slot):
-            return lifecycle.execute(state.slots, actions.replace(op=op, slot=slot), state.feedback.total_seeds, cfg)[1].valid
+            return lifecycle.execute(state.slots, actions.replace(op=op, slot=slot), state.feedback.seeds_created, cfg)[1].valid
 
         grid = jax.vmap(jax.vmap(valid_for, (None, 0)), (0, None))(jnp.arange(6), jnp.arange(cfg.num_slots))
         out = env.step(state, actions, k_step)

@@ -8,10 +8,10 @@ CNNs trained with their seeds on device, §8.4: ``make("host")`` trains on sciki
 task; any other CNN task takes ``dataset=esper_jax.env.host.from_arrays(...)``). Both share the exact lifecycle,
 signals and reward; only the oracle differs. The transformer-topology host is not implemented.
 
-Modules: ``config`` (EnvConfig), ``alpha`` (controller and curves), ``lifecycle`` (stages, gates, ops, tick),
-``signals`` (measurements → state, feedback, Observation), ``reward`` (SHAPED components, normaliser helper),
-``oracle`` (oracle interface, simulator), ``core`` (reset/step wiring), ``host/`` (the host-network oracle: data, CNN,
-blueprints, blend operators).
+Modules: ``config`` (EnvConfig), ``alpha`` (controller and curves), ``slots`` (per-slot seed state), ``lifecycle``
+(gates, ops, tick), ``signals`` (measurements → state, feedback, Observation), ``reward`` (SHAPED components,
+normaliser helper), ``oracle`` (oracle interface, simulator), ``core`` (reset/step wiring), ``host/`` (the
+host-network oracle: data, CNN, blueprints, blend operators).
 
 Quirks of esper-lite 0872525b (environment.md §8.3) and how ``EnvConfig.compat`` treats them:
 
@@ -29,6 +29,7 @@ Quirks of esper-lite 0872525b (environment.md §8.3) and how ``EnvConfig.compat`
 | 9 | default PPO slot set is r0c1 only | not reproduced in either mode: EnvConfig defaults to r0c0..r0c2 (the spec's reference) | same |
 | 10 | LM fused-validation reshape; LOSS-family sign | not applicable (SHAPED only; the simulator has no LM pass) | — |
 | 11 | WAIT never reports success | last_action_success False after WAIT | True |
+| §8.5 | blend-out freeze read before the alpha tick | a seed stays frozen one epoch after its ramp-down ends | frozen only while alpha is still going down |
 | 12 | a failed G3 ADVANCE counts as valid for the reward | valid, success False | same (kept): the reward equals WAIT's either way, and the mask cannot see gate state, so calling it invalid would make masked-in ops illegal |
 """
 

@@ -34,7 +34,7 @@ def fresh(shape: tuple[int, ...]) -> Controller:
         start=zeros,
         target=zeros,
         mode=izeros,
-        curve=jnp.full(shape, AlphaCurve.LINEAR, jnp.int32),
+        curve=jnp.full(shape, int(AlphaCurve.LINEAR), jnp.int32),
         steepness=jnp.full(shape, 12.0, jnp.float32),
         steps_total=izeros,
         steps_done=izeros,
@@ -135,4 +135,14 @@ def velocity(ctrl: Controller) -> jnp.ndarray:
 
 
 def reset_where(ctrl: Controller, where: jnp.ndarray) -> Controller:
-    return _select(where, fresh(ctrl.alpha.shape), ctrl)
+    """What an instant prune does to the controller: alpha, start and target 0, no steps, HOLD. Upstream's
+    ``SeedSlot.prune`` leaves the curve and steepness as they were, so they are kept here too."""
+    blank = fresh(ctrl.alpha.shape).replace(curve=ctrl.curve, steepness=ctrl.steepness)
+    return _select(where, blank, ctrl)
+
+
+def complete_blending(ctrl: Controller, where: jnp.ndarray) -> Controller:
+    """Entering HOLDING (upstream ``_on_blending_complete``): alpha, start and target 1.0, HOLD, all steps done."""
+    one = jnp.ones_like(ctrl.alpha)
+    new = ctrl.replace(alpha=one, start=one, target=one, mode=jnp.zeros_like(ctrl.mode), steps_done=ctrl.steps_total)
+    return _select(where, new, ctrl)

@@ -138,7 +138,9 @@ class RewardConfig:
     attribution_sigmoid_steepness: float = 3.0
     terminal_acc_weight: float = 0.05
     fossilize_terminal_scale: float = 3.0
-    min_fossilize_contribution: float = 1.0  # ti threshold of a "contributing" fossil
+    # Upstream's DEFAULT_MIN_FOSSILIZE_CONTRIBUTION: the ti a fossil needs to count as contributing (terminal bonus)
+    # and the c a FOSSILIZE needs to earn its bonus instead of the non-contributing penalty.
+    min_fossilize_contribution: float = 1.0
     gamma: float = DEFAULT_GAMMA
     disable_pbrs: bool = False
     disable_terminal_reward: bool = False
@@ -151,6 +153,11 @@ class RewardConfig:
     stage_potentials: tuple[float, ...] = (0.0, 0.0, 1.0, 2.0, 3.5, 0.0, 5.5, 6.0, 0.0, 0.0, 0.0)
 
     def __post_init__(self) -> None:
+        # Upstream divides the ratio penalty by contribution_weight (and would raise ZeroDivisionError on 0).
+        if not (math.isfinite(self.contribution_weight) and self.contribution_weight != 0.0):
+            raise ValueError(
+                f"RewardConfig.contribution_weight must be a finite non-zero float, got {self.contribution_weight}"
+            )
         # Upstream raises unless the PBRS gamma equals the PPO gamma: PBRS is only policy-invariant then.
         if self.gamma != DEFAULT_GAMMA:
             raise ValueError(f"RewardConfig.gamma must equal DEFAULT_GAMMA={DEFAULT_GAMMA} (PBRS), got {self.gamma}")

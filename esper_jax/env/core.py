@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from esper_jax.contracts import AlphaMode, LifecycleOp, PerHead, SeedStage
+from esper_jax.contracts import LifecycleOp, PerHead, SeedStage
 from esper_jax.env import lifecycle, reward, signals
 from esper_jax.env.config import EnvConfig
 from esper_jax.env.oracle import Oracle, SimulatorOracle, SlotView
@@ -68,7 +68,7 @@ def slot_view(slots: lifecycle.Slots) -> SlotView:
         alpha=slots.alpha,
         epochs_total=slots.epochs_total,
         has_module=slots.has_module,
-        frozen=slots.pending_prune | (slots.controller.mode == AlphaMode.DOWN),
+        frozen=slots.frozen & slots.has_module,  # decided by the last tick (lifecycle.blend_out_frozen)
     )
 
 
@@ -141,7 +141,7 @@ class EsperEnv:
         is_last = epoch >= cfg.episode_length
 
         # Execute first only to learn the action's validity: the reward still reads the untouched pre-action state.
-        acted, outcome = lifecycle.execute(slots, actions, feedback.total_seeds, cfg)
+        acted, outcome = lifecycle.execute(slots, actions, feedback.seeds_created, cfg)
         effective_op = jnp.where(outcome.valid, actions.op, LifecycleOp.WAIT).astype(jnp.int32)
 
         params = self.seed_params(slots)
@@ -187,6 +187,9 @@ class EsperEnv:
         credit = jnp.where(outcome.fossilized, reward.hindsight_credit(ledger_row, epoch, ti, rcfg), 0.0)
         clear_ledger = outcome.fossilized & chosen
         germ_here = outcome.germinated & chosen
+        # Upstream pops the slot's germination accuracy when a PRUNE or FOSSILIZE op succeeds there (an ADVANCE
+        # that fossilises does not), and again after the tick wherever no seed module is left (§8.5).
+        popped_by_op = chosen & (outcome.pruned | ((actions.op == LifecycleOp.FOSSILIZE) & outcome.success))
         feedback = feedback.replace(
             previous_alpha=slots.alpha,
             previous_params=params,
@@ -195,12 +198,13 @@ class EsperEnv:
             seeds_fossilized=feedback.seeds_fossilized + outcome.fossilized.astype(jnp.int32),
             contributing_fossilized=feedback.contributing_fossilized
             + (outcome.fossilized & (ti >= rcfg.min_fossilize_contribution)).astype(jnp.int32),
-            total_seeds=feedback.total_seeds + outcome.germinated.astype(jnp.int32),
+            seeds_created=feedback.seeds_created + outcome.germinated.astype(jnp.int32),
             acc_at_germination=jnp.where(germ_here, tracker.val_accuracy, feedback.acc_at_germination),
-            has_acc_at_germination=feedback.has_acc_at_germination | germ_here,
+            has_acc_at_germination=(feedback.has_acc_at_germination | germ_here) & ~popped_by_op,
         )
         feedback = signals.after_action(feedback, slots, actions.op, outcome.success)
         ticked = lifecycle.step_epoch(acted, cfg)
+        feedback = feedback.replace(has_acc_at_germination=feedback.has_acc_at_germination & ticked.has_module)
         post = EnvState(slots=ticked, tracker=tracker, feedback=feedback, oracle=state.oracle)
 
         next_state = jax.lax.cond(is_last, lambda s: s, lambda s: self._advance_epoch(s, key), post)

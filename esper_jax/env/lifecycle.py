@@ -1,14 +1,16 @@
-"""Seed lifecycle (environment.md §2, §4.2, §7): per-slot state, gates, op execution and the epoch tick.
+"""Seed lifecycle (environment.md §2, §4.2, §7, §8.5): gates, op execution and the epoch tick.
 
-All slots live in one ``Slots`` struct of ``[S]`` arrays. An op is evaluated for every slot at once and the result
-is kept only at the sampled slot (a one-hot select), so nothing branches on traced values. An empty slot (upstream:
-no state object at all) is stage DORMANT; ``has_state`` is ``stage != DORMANT``.
+All slots live in one ``Slots`` struct of ``[S]`` arrays (``env/slots.py``). An op is evaluated for every slot at
+once and the result is kept only at the sampled slot (a one-hot select), so nothing branches on traced values.
 
 Upstream/fixed differences handled here (README quirk table, §8.3):
 
 * 5 — ADVANCE on a HOLDING slot: upstream runs G5 and fossilises without counting it; fixed: the action fails.
 * 6 — an INSTANT prune runs whatever the controller mode; fixed: it needs HOLD, like the mask and the reward.
 * 11 — WAIT reports success False upstream; fixed: True.
+* blend-out freeze lag (§8.5) — upstream decides a seed's freeze from the controller mode BEFORE the epoch's alpha
+  tick, so a seed whose SET_ALPHA_TARGET ramp-down ends on a tick stays frozen for one more epoch; fixed unfreezes
+  it as soon as the ramp has ended (``blend_out_frozen``).
 * 12 — an ADVANCE whose gate fails is still "valid" for the reward: kept in BOTH modes. The reward number is the
   same as WAIT's anyway, and calling it invalid would make the mask (which cannot see gate state) offer ops the env
   rejects.
@@ -16,7 +18,6 @@ Upstream/fixed differences handled here (README quirk table, §8.3):
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
@@ -39,6 +40,34 @@ from esper_jax.contracts import (
 )
 from esper_jax.env import alpha as alpha_mod
 from esper_jax.env.config import EnvConfig
+from esper_jax.env.slots import (
+    MODULE_STAGES,
+    Slots,
+    empty_slots,
+    in_stages,
+    live_seed_count,
+    select,
+    transition,
+)
+
+__all__ = [
+    "MODULE_STAGES",
+    "OpOutcome",
+    "Slots",
+    "blend_out_frozen",
+    "empty_slots",
+    "execute",
+    "gate_g2",
+    "gate_g3",
+    "gate_g5",
+    "in_stages",
+    "live_seed_count",
+    "prune_now",
+    "record_accuracy",
+    "select",
+    "step_epoch",
+    "transition",
+]
 
 G3_TOLERANCE = 1e-6
 STRICT_G2_IMPROVEMENT = 0.5
@@ -47,13 +76,6 @@ STRICT_G2_GRADIENT_RATIO = 0.10
 STRICT_G3_MIN_EPOCHS = 3
 STRICT_G5_MIN_CONTRIBUTION = 1.0
 
-_MODULE_STAGES = (
-    SeedStage.GERMINATED,
-    SeedStage.TRAINING,
-    SeedStage.BLENDING,
-    SeedStage.HOLDING,
-    SeedStage.FOSSILIZED,
-)
 _PRUNABLE = (SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.HOLDING)
 
 # style -> blend curve used when BLENDING starts (§4.2: linear → LINEAR, sigmoid → SIGMOID k 12, gated → LINEAR)
@@ -61,131 +83,6 @@ _BLEND_NAME_TO_CURVE = {"linear": AlphaCurve.LINEAR, "sigmoid": AlphaCurve.SIGMO
 STYLE_CURVE = np.asarray([_BLEND_NAME_TO_CURVE[STYLE_TO_KASMINA[s][0]] for s in GerminationStyle], np.int32)
 STYLE_ALGORITHM = np.asarray([STYLE_TO_KASMINA[s][1] for s in GerminationStyle], np.int32)
 BLEND_STEEPNESS = 12.0
-
-
-@struct.dataclass
-class Slots:
-    """Per-slot seed state, every leaf ``[S]``."""
-
-    stage: jnp.ndarray  # int32 SeedStage; DORMANT = empty slot
-    previous_stage: jnp.ndarray  # int32
-    previous_epochs_in_stage: jnp.ndarray  # int32
-    epochs_in_stage: jnp.ndarray  # int32 k
-    epochs_total: jnp.ndarray  # int32 seed age
-    blueprint: jnp.ndarray  # int32 BlueprintAction, -1 when empty
-    seed_id: jnp.ndarray  # int32 serial of the seed in the episode (germination count), -1 when empty
-    algorithm: jnp.ndarray  # int32 AlphaAlgorithm (blend operator)
-    blend_curve: jnp.ndarray  # int32 AlphaCurve used when BLENDING starts
-    tempo: jnp.ndarray  # int32 blend tempo in epochs
-    initial_target: jnp.ndarray  # float32 target used when BLENDING starts
-    controller: alpha_mod.Controller
-    pending_prune: jnp.ndarray  # bool: a scheduled prune completes when alpha reaches 0
-    has_gate: jnp.ndarray  # bool: a GATE network exists (counted in rent)
-    # seed metrics (SeedMetrics)
-    initial_acc: jnp.ndarray  # float32 val acc at the first epoch after germination
-    current_acc: jnp.ndarray
-    best_acc: jnp.ndarray
-    stage_start_acc: jnp.ndarray
-    contribution: jnp.ndarray  # float32 last counterfactual contribution (stale once alpha is 0 again)
-    has_contribution: jnp.ndarray  # bool
-    contribution_fresh: jnp.ndarray  # bool: measured in this epoch's validation (the reward's seed_contribution)
-    previous_contribution: jnp.ndarray
-    has_previous_contribution: jnp.ndarray
-    contribution_velocity: jnp.ndarray
-    interaction_sum: jnp.ndarray
-    boost_received: jnp.ndarray
-    # gradient telemetry (last sample; persists outside TRAINING/BLENDING)
-    gradient_norm: jnp.ndarray
-    gradient_health: jnp.ndarray
-    has_vanishing: jnp.ndarray
-    has_exploding: jnp.ndarray
-    gradient_ratio_ema: jnp.ndarray
-    has_gradient_ratio: jnp.ndarray  # bool: upstream's EMA dict has this slot's key
-
-    @property
-    def has_state(self) -> jnp.ndarray:
-        return self.stage != SeedStage.DORMANT
-
-    @property
-    def has_module(self) -> jnp.ndarray:
-        return in_stages(self.stage, _MODULE_STAGES)
-
-    @property
-    def alpha(self) -> jnp.ndarray:
-        return self.controller.alpha
-
-    @property
-    def total_improvement(self) -> jnp.ndarray:
-        return self.current_acc - self.initial_acc
-
-    @property
-    def improvement_since_stage_start(self) -> jnp.ndarray:
-        return self.current_acc - self.stage_start_acc
-
-
-def in_stages(stage: jnp.ndarray, stages) -> jnp.ndarray:
-    return jnp.any(stage[..., None] == jnp.asarray([int(s) for s in stages], jnp.int32), axis=-1)
-
-
-def empty_slots(num_slots: int) -> Slots:
-    shape = (num_slots,)
-    f0 = jnp.zeros(shape, jnp.float32)
-    i0 = jnp.zeros(shape, jnp.int32)
-    b0 = jnp.zeros(shape, jnp.bool_)
-    return Slots(
-        stage=jnp.full(shape, SeedStage.DORMANT, jnp.int32),
-        previous_stage=jnp.full(shape, SeedStage.DORMANT, jnp.int32),
-        previous_epochs_in_stage=i0,
-        epochs_in_stage=i0,
-        epochs_total=i0,
-        blueprint=jnp.full(shape, -1, jnp.int32),
-        seed_id=jnp.full(shape, -1, jnp.int32),
-        algorithm=jnp.full(shape, AlphaAlgorithm.ADD, jnp.int32),
-        blend_curve=jnp.full(shape, AlphaCurve.LINEAR, jnp.int32),
-        tempo=i0,
-        initial_target=f0,
-        controller=alpha_mod.fresh(shape),
-        pending_prune=b0,
-        has_gate=b0,
-        initial_acc=f0,
-        current_acc=f0,
-        best_acc=f0,
-        stage_start_acc=f0,
-        contribution=f0,
-        has_contribution=b0,
-        contribution_fresh=b0,
-        previous_contribution=f0,
-        has_previous_contribution=b0,
-        contribution_velocity=f0,
-        interaction_sum=f0,
-        boost_received=f0,
-        gradient_norm=f0,
-        gradient_health=jnp.ones(shape, jnp.float32),
-        has_vanishing=b0,
-        has_exploding=b0,
-        gradient_ratio_ema=f0,
-        has_gradient_ratio=jnp.ones(shape, jnp.bool_),  # upstream's EMA starts at 0 for every slot at reset
-    )
-
-
-def select(where: jnp.ndarray, new: Slots, old: Slots) -> Slots:
-    """Per-slot select over the whole struct (``where`` is bool [S]).
-
-    Leaves that ``new`` shares with ``old`` (``replace`` keeps untouched fields as the same array) are passed
-    through: most ops touch a handful of the ~35 fields, and skipping the rest keeps the compiled step small."""
-    return jax.tree.map(lambda n, o: o if n is o else jnp.where(where, n, o), new, old)
-
-
-def transition(slots: Slots, where: jnp.ndarray, new_stage) -> Slots:
-    """Move to ``new_stage`` where ``where`` holds, remembering where the seed came from (PBRS needs it)."""
-    moved = slots.replace(
-        previous_stage=slots.stage,
-        previous_epochs_in_stage=slots.epochs_in_stage,
-        stage=jnp.broadcast_to(jnp.asarray(new_stage, jnp.int32), slots.stage.shape),
-        epochs_in_stage=jnp.zeros_like(slots.epochs_in_stage),
-        stage_start_acc=slots.current_acc,
-    )
-    return select(where, moved, slots)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -233,6 +130,7 @@ class OpOutcome:
     valid: jnp.ndarray  # bool: the reward scores the op itself (else exactly as WAIT)
     germinated: jnp.ndarray  # bool
     fossilized: jnp.ndarray  # bool: a counted fossilisation (counters, hindsight credit)
+    pruned: jnp.ndarray  # bool: a PRUNE op executed (instant, or a scheduled ramp started)
     fossilized_improvement: jnp.ndarray  # float32 total_improvement of the fossilised seed
 
 
@@ -270,12 +168,14 @@ def _start_blending(slots: Slots) -> Slots:
 
 
 def prune_now(slots: Slots, where: jnp.ndarray) -> Slots:
-    """Instant prune: module gone, alpha and controller back to 0/HOLD, state kept as PRUNED."""
+    """Instant prune: module gone, alpha and controller back to 0/HOLD (curve and steepness kept, as upstream),
+    state kept as PRUNED."""
     pruned = transition(slots, where, SeedStage.PRUNED)
     pruned = pruned.replace(
         controller=alpha_mod.reset_where(pruned.controller, where),
         pending_prune=jnp.where(where, False, pruned.pending_prune),
         has_gate=jnp.where(where, False, pruned.has_gate),
+        frozen=jnp.where(where, False, pruned.frozen),
     )
     return pruned
 
@@ -286,9 +186,12 @@ def _fossilize(slots: Slots) -> Slots:
 
 
 def execute(
-    slots: Slots, actions: PerHead, total_seeds: jnp.ndarray, cfg: EnvConfig
+    slots: Slots, actions: PerHead, seeds_created: jnp.ndarray, cfg: EnvConfig
 ) -> tuple[Slots, OpOutcome]:
-    """Run the sampled op on the sampled slot (environment.md §7) and judge its validity for the reward (§6.1)."""
+    """Run the sampled op on the sampled slot (environment.md §7) and judge its validity for the reward (§6.1).
+
+    ``seeds_created`` is the episode's germination count so far: it numbers the new seed's id. The ``max_seeds``
+    limit is checked against ``live_seed_count(slots)`` (upstream's ``total_seeds()``, §8.5), not against it."""
     upstream = cfg.compat == "upstream"
     num_slots = cfg.num_slots
     slot_ok = (actions.slot >= 0) & (actions.slot < num_slots)
@@ -302,9 +205,9 @@ def execute(
     # GERMINATE: an empty slot, an offered blueprint, and the seed limit not reached (the mask's conditions).
     bp_ok = jnp.asarray(cfg.blueprint_allowed())[jnp.clip(actions.blueprint, 0, len(cfg.blueprint_allowed()) - 1)]
     bp_ok = bp_ok & (actions.blueprint >= 0) & (actions.blueprint < len(cfg.blueprint_allowed()))
-    under_limit = jnp.asarray(cfg.max_seeds == 0) | (total_seeds < cfg.max_seeds)
+    under_limit = jnp.asarray(cfg.max_seeds == 0) | (live_seed_count(slots) < cfg.max_seeds)
     can_germinate = ~slots.has_state & bp_ok & under_limit
-    germinated_slots = _germinate(slots, actions, total_seeds)
+    germinated_slots = _germinate(slots, actions, seeds_created)
 
     # ADVANCE: the next gate of the slot's stage.
     g1 = stage == SeedStage.GERMINATED
@@ -314,7 +217,7 @@ def execute(
     advanced = transition(slots, g1, SeedStage.TRAINING)
     advanced = select(g2, _start_blending(slots), advanced)
     to_holding = transition(slots, ones, SeedStage.HOLDING)
-    to_holding = to_holding.replace(controller=alpha_mod.snap(to_holding.controller, ones, 1.0))
+    to_holding = to_holding.replace(controller=alpha_mod.complete_blending(to_holding.controller, ones))
     advanced = select(g3, to_holding, advanced)
     advanced = select(g5_advance, _fossilize(slots), advanced)
     advance_ok = g1 | g2 | g3 | g5_advance
@@ -401,6 +304,7 @@ def execute(
         valid=valid,
         germinated=(op == LifecycleOp.GERMINATE) & executed_any,
         fossilized=fossilized,
+        pruned=(op == LifecycleOp.PRUNE) & executed_any,
         fossilized_improvement=jnp.sum(jnp.where(chosen, slots.total_improvement, 0.0)),
     )
     return result, outcome
@@ -429,15 +333,19 @@ def record_accuracy(slots: Slots, val_acc: jnp.ndarray) -> Slots:
 
 
 def step_epoch(slots: Slots, cfg: EnvConfig) -> Slots:
-    """``SeedSlot.step_epoch`` on every slot, after the action: cooldown pipeline, alpha tick (BLENDING only),
-    scheduled-prune completion."""
+    """``SeedSlot.step_epoch`` on every slot, after the action: blend-out freeze decision, cooldown pipeline, alpha
+    tick (BLENDING only), scheduled-prune completion."""
     stage = slots.stage
     # Cooldown, judged on the stage before this tick so a seed moves at most one cooldown stage per epoch.
     was_pruned = stage == SeedStage.PRUNED
     was_embargoed = stage == SeedStage.EMBARGOED
     was_resetting = stage == SeedStage.RESETTING
+    # Both dwell counters tick in EMBARGOED and RESETTING (upstream's cooldown branches), so the seed age reported
+    # to the masks keeps growing through the cooldown; PRUNED moves on without counting.
+    cooling = was_embargoed | was_resetting
     counted = slots.replace(
-        epochs_in_stage=jnp.where(was_embargoed | was_resetting, slots.epochs_in_stage + 1, slots.epochs_in_stage)
+        epochs_in_stage=jnp.where(cooling, slots.epochs_in_stage + 1, slots.epochs_in_stage),
+        epochs_total=jnp.where(cooling, slots.epochs_total + 1, slots.epochs_total),
     )
     out = transition(counted, was_pruned, SeedStage.EMBARGOED)
     out = transition(out, was_embargoed & (counted.epochs_in_stage >= cfg.embargo_epochs), SeedStage.RESETTING)
@@ -451,4 +359,17 @@ def step_epoch(slots: Slots, cfg: EnvConfig) -> Slots:
     blending = out.stage == SeedStage.BLENDING
     out = out.replace(controller=alpha_mod.tick(out.controller, blending))
     done_ramp = out.pending_prune & (out.controller.mode == AlphaMode.HOLD) & (out.controller.alpha <= 0.0)
+    out = out.replace(frozen=blend_out_frozen(slots, out, cfg))
     return prune_now(out, done_ramp)
+
+
+def blend_out_frozen(before_tick: Slots, after_tick: Slots, cfg: EnvConfig) -> jnp.ndarray:
+    """bool [S]: which seeds train frozen during the next epoch (the host env's ``SlotView.frozen``).
+
+    Upstream (``SeedSlot.step_epoch``) sets the freeze from ``alpha_mode == DOWN`` BEFORE ticking the controller,
+    so the epoch after the tick that ends a ramp-down still trains the seed frozen. Fixed reads the mode after the
+    tick: the seed is frozen only while its alpha is still going down. Either way a slot whose prune completes on
+    this tick is unfrozen by ``prune_now`` (no module left)."""
+    if cfg.compat == "upstream":
+        return before_tick.controller.mode == AlphaMode.DOWN
+    return after_tick.pending_prune | (after_tick.controller.mode == AlphaMode.DOWN)

@@ -25,6 +25,8 @@ from esper_jax import normalization
 from esper_jax.contracts import LifecycleOp, SeedStage
 from esper_jax.env.config import RewardConfig
 
+MIN_HOLDING_EPOCHS = 5.0  # upstream leyline constant: HOLDING epochs before a fossilise earns its full bonus
+
 _FIELDS = (
     "attribution",
     "blending_warning",
@@ -101,16 +103,27 @@ def attribution_discount(ti: jnp.ndarray, cfg: RewardConfig) -> jnp.ndarray:
 
 
 def ratio_penalty(c: jnp.ndarray, ti: jnp.ndarray, d: jnp.ndarray, cfg: RewardConfig) -> jnp.ndarray:
-    """Anti-gaming penalty when the contribution dwarfs the seed's total improvement."""
+    """Anti-gaming penalty when the contribution dwarfs the seed's total improvement.
+
+    Both caps are ``prune_good_seed_penalty`` (−0.3 by default), as upstream; the safe zone starts above
+    max(improvement_safe_threshold, 1e-8) while the "no real improvement" branch tests the raw threshold, so a
+    threshold of 0 leaves (0, 1e-8] unpenalised exactly as upstream does."""
     if cfg.disable_anti_gaming:
         return jnp.zeros_like(c)
-    safe_ti = jnp.where(ti > cfg.improvement_safe_threshold, ti, 1.0)
-    ratio = c / safe_ti
-    high_ratio = (ti > cfg.improvement_safe_threshold) & (ratio > cfg.hacking_ratio_threshold)
+    safe = max(cfg.improvement_safe_threshold, 1e-8)
+    in_safe_zone = ti > safe
+    ratio = c / jnp.where(in_safe_zone, ti, 1.0)
+    high_ratio = in_safe_zone & (ratio > cfg.hacking_ratio_threshold)
     pen = jnp.where(
         high_ratio,
-        -jnp.minimum(0.3, 0.1 * (ratio - cfg.hacking_ratio_threshold) / cfg.hacking_ratio_threshold),
-        jnp.where(ti <= cfg.improvement_safe_threshold, -0.3 * jnp.minimum(1.0, c / 10.0), 0.0),
+        -jnp.minimum(
+            -cfg.prune_good_seed_penalty, 0.1 * (ratio - cfg.hacking_ratio_threshold) / cfg.hacking_ratio_threshold
+        ),
+        jnp.where(
+            ~in_safe_zone & (ti <= cfg.improvement_safe_threshold),
+            cfg.prune_good_seed_penalty * jnp.minimum(1.0, c / 10.0),
+            0.0,
+        ),
     )
     return jnp.where((c > 1.0) & (d >= 0.5), pen, 0.0)
 
@@ -129,7 +142,9 @@ def seed_terms(
     k = seed.epochs_in_stage
     fossil = seed.stage == SeedStage.FOSSILIZED
 
-    # 1. bounded attribution
+    # 1. bounded attribution. Upstream adds the ratio penalty as rp / w before multiplying by the weight w, so w
+    # scales the attribution (and the proxy) but not the penalty.
+    cw = cfg.contribution_weight
     d = attribution_discount(ti, cfg)
     progress = val_acc - seed.acc_at_germination
     bounded = jnp.where(
@@ -137,11 +152,23 @@ def seed_terms(
         jnp.where(progress <= 0.0, 0.0, jnp.where(c >= progress, jnp.sqrt(jnp.maximum(progress * c, 0.0)), c)),
         0.5 * c,
     )
-    known = cfg.contribution_weight * (bounded * d + ratio_penalty(c, ti, d, cfg))
-    known = jnp.where(c < 0.0, cfg.contribution_weight * c, known)
-    proxy = jnp.where(acc_delta > 0.0, cfg.proxy_confidence_factor * acc_delta, 0.0)
+    rp = ratio_penalty(c, ti, d, cfg)
+    known_nonnegative = cw * (bounded * d + rp / cw)
+    known = jnp.where(c < 0.0, cw * c, known_nonnegative)
+    proxy_weight = cw * cfg.proxy_confidence_factor  # upstream's proxy_contribution_weight
+    proxy = jnp.where(acc_delta > 0.0, proxy_weight * acc_delta, 0.0)
+    attributed = seed.present & ~fossil
     a = jnp.where(seed.contribution_known, known, proxy)
-    a = jnp.where(seed.present & ~fossil, a, 0.0)
+    a = jnp.where(attributed, a, 0.0)
+    # The sign of a as float64 upstream sees it. d = sigmoid(3·ti) is > 0 in float64 for every finite ti (its
+    # exponent is clamped at 700), but bounded·d underflows to 0 in float32 once ti < about −29.6; so where no ratio
+    # penalty applies the sign is that of w·bounded. With a ratio penalty d ≥ 0.5 and the float32 value is safe.
+    bounded_sign = (bounded > 0.0) if cw > 0 else (bounded < 0.0)
+    known_positive = jnp.where(
+        c < 0.0, jnp.asarray(cw < 0), jnp.where(rp != 0.0, known_nonnegative > 0.0, bounded_sign)
+    )
+    proxy_positive = (acc_delta > 0.0) & (proxy_weight > 0)
+    a_positive = attributed & jnp.where(seed.contribution_known, known_positive, proxy_positive)
     a = jnp.where((op == LifecycleOp.FOSSILIZE) & (ti < 0.0), 0.0, a)
     a = jnp.where(op == LifecycleOp.PRUNE, -a, a)
 
@@ -150,9 +177,9 @@ def seed_terms(
     blending = jnp.where(
         seed.present & (seed.stage == SeedStage.BLENDING) & (ti < 0.0), -0.1 - jnp.minimum(0.05 * kf, 0.3), 0.0
     )
-    # 3. holding warning
+    # 3. holding warning (op is WAIT here, so the FOSSILIZE/PRUNE overrides above never apply to a_positive)
     holding = jnp.where(
-        seed.present & (seed.stage == SeedStage.HOLDING) & (op == LifecycleOp.WAIT) & (k >= 2) & (a > 0.0),
+        seed.present & (seed.stage == SeedStage.HOLDING) & (op == LifecycleOp.WAIT) & (k >= 2) & a_positive,
         -jnp.minimum(0.1 + 0.05 * (kf - 2.0), 0.3),
         0.0,
     )
@@ -189,15 +216,21 @@ def action_shaping(op: jnp.ndarray, seed: SeedInputs, cfg: RewardConfig) -> jnp.
 
     c_or_zero = jnp.where(known, c, 0.0)
     negative = -0.5 - jnp.minimum(0.2 * jnp.abs(ti), 1.0) - jnp.where(known & (c > 0.1) & (ti < -0.2), 0.3, 0.0)
-    contributing = (cfg.fossilize_base_bonus + cfg.fossilize_contribution_scale * c_or_zero) * jnp.minimum(1.0, kf / 5.0)
+    contributing = (cfg.fossilize_base_bonus + cfg.fossilize_contribution_scale * c_or_zero) * jnp.minimum(
+        1.0, kf / MIN_HOLDING_EPOCHS
+    )
+    # Upstream compares c with DEFAULT_MIN_FOSSILIZE_CONTRIBUTION here, the constant that also decides which fossils
+    # count as contributing; min_fossilize_contribution is that constant.
+    earned = known & (c >= cfg.min_fossilize_contribution)
     fossilize = cfg.fossilize_cost + jnp.where(
-        ti < 0.0, negative, jnp.where(known & (c >= 1.0), contributing, cfg.fossilize_noncontributing_penalty)
+        ti < 0.0, negative, jnp.where(earned, contributing, cfg.fossilize_noncontributing_penalty)
     )
 
+    good_seed = jnp.maximum(cfg.prune_good_seed_penalty - 0.05 * c, 3.0 * cfg.prune_good_seed_penalty)
     prune_known = jnp.where(
         c < cfg.prune_hurting_threshold,
         cfg.prune_hurting_bonus,
-        jnp.where(c < 0.0, cfg.prune_acceptable_bonus, jnp.maximum(cfg.prune_good_seed_penalty - 0.05 * c, -0.9)),
+        jnp.where(c < 0.0, cfg.prune_acceptable_bonus, good_seed),
     )
     prune = cfg.prune_cost + jnp.where(known, prune_known, 0.0)
 

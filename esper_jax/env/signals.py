@@ -17,7 +17,7 @@ from flax import struct
 from esper_jax.contracts import HISTORY_LENGTH, SeedStage
 from esper_jax.env import alpha as alpha_mod
 from esper_jax.env.config import EnvConfig
-from esper_jax.env.lifecycle import Slots, record_accuracy
+from esper_jax.env.lifecycle import Slots, live_seed_count, record_accuracy
 from esper_jax.env.oracle import ConfigLayout, Measurement
 from esper_jax.observation import Observation, Signals, SlotReports
 
@@ -56,7 +56,7 @@ class Feedback:
     has_acc_at_germination: jnp.ndarray  # bool [S]
     previous_alpha: jnp.ndarray  # float32 [S] (alpha shock)
     previous_params: jnp.ndarray  # float32 [S] (alpha shock)
-    total_seeds: jnp.ndarray  # int32: seeds germinated this episode
+    seeds_created: jnp.ndarray  # int32: germinations this episode (numbers seed ids; not the max_seeds count)
     seeds_fossilized: jnp.ndarray  # int32
     contributing_fossilized: jnp.ndarray  # int32
     pending_hindsight: jnp.ndarray  # float32: credit paid with the next step's reward
@@ -88,7 +88,7 @@ def initial_feedback(cfg: EnvConfig) -> Feedback:
         has_acc_at_germination=jnp.zeros(s, jnp.bool_),
         previous_alpha=jnp.zeros(s, jnp.float32),
         previous_params=jnp.zeros(s, jnp.float32),
-        total_seeds=jnp.zeros((), jnp.int32),
+        seeds_created=jnp.zeros((), jnp.int32),
         seeds_fossilized=jnp.zeros((), jnp.int32),
         contributing_fossilized=jnp.zeros((), jnp.int32),
         pending_hindsight=jnp.zeros((), jnp.float32),
@@ -228,7 +228,7 @@ def build_observation(slots: Slots, tracker: Tracker, feedback: Feedback) -> Obs
         accuracy_history=tracker.accuracy_history,
         last_action_success=feedback.last_action_success,
         last_action_op=feedback.last_action_op,
-        total_seeds=feedback.total_seeds,
+        total_seeds=live_seed_count(slots),  # upstream model.total_seeds() at decision time (§8.5)
     )
     ctrl = slots.controller
     has_report = slots.has_state
