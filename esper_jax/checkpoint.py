@@ -112,7 +112,7 @@ class Checkpointer:
             saved = _leaves(to_dict(load_dict(meta.get("config", {}))))  # a flat (pre-tree) config is migrated
         except ConfigError as exc:
             raise CheckpointError(f"checkpoint {self.directory / str(step)} holds an unreadable config: {exc}") from None
-        run = _leaves(config_dict)
+        run = _leaves(to_dict(load_dict(config_dict)))
         diffs = sorted(k for k in set(saved) | set(run)
                        if not k.startswith(COMPATIBLE_OVERRIDES) and saved.get(k) != run.get(k))
         if diffs:
