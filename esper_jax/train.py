@@ -1,9 +1,9 @@
 """Train the Esper seed-slot controller with recurrent factored PPO: ``python -m esper_jax.train``.
 
 Python runs only the outer loop. Each *interval* is ONE compiled call: ``lax.scan`` over
-``iterations_per_interval`` PPO iterations, each a full rollout (``rollout.collect``: ``max_epochs`` steps of
-``n_envs`` envs) followed by one ``ppo.update``. After each interval the trainer appends one line to
-``metrics.jsonl`` (deterministic values only), writes TensorBoard scalars, and every ``checkpoint_every`` intervals
+``iterations_per_interval`` PPO iterations, each a full rollout (``rollout.collect``: ``env.episode_length`` steps
+of ``n_envs`` envs) followed by one ``ppo.update``. After each interval the trainer appends one line to
+``metrics.jsonl`` (deterministic values only), writes TensorBoard scalars, and every ``checkpoints.every`` intervals
 (and at the end) an orbax checkpoint plus the learning-curve PNG. A record holds the PPO losses and per-head
 entropies and what the env did over the interval (``esper_jax.outcomes``, reduced inside the compiled call): sampled
 and effective op counts, invalid-action and action-success rates, mean reward components per env-step under
@@ -14,9 +14,10 @@ Run directory (``--out``, default ``runs/<preset>-seed<seed>-<time>``): ``config
 ``metrics.jsonl``, ``tb/`` (TensorBoard), ``checkpoints/<interval>/`` (orbax), ``learning_curves.png``,
 ``eval.json`` (final comparison, reward-component breakdown and seed outcomes).
 
-Config resolution: ``--preset`` (default ``default``) or ``--resume RUN_DIR`` (its config.json) → ``--config
-FILE.json`` (strict; keys given replace the preset's) → per-field flags. A resumed run may change only the budget
-and recording settings (``n_episodes``, telemetry, checkpoint cadence); anything else is refused.
+Config resolution: a preset subcommand (``default`` unless named) or ``--resume RUN_DIR`` (its config.json, flat
+ones migrated) → ``--config FILE.json`` (strict; keys given replace the preset's) → per-field flags
+(``esper_jax.config.cli``). A resumed run may change only the budget and recording settings (``n_episodes``,
+``eval_episodes``, ``checkpoints``, ``telemetry``); anything else is refused.
 """
 
 from __future__ import annotations

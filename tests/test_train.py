@@ -267,31 +267,32 @@ def test_trained_policy_beats_random_and_wait(tmp_path):
 
 
 # A run directory written by the trainer before the config tree (commit abd104d, flat config.json and checkpoint
-# metadata): `python -m esper_jax.train --out oldrun16b --env sim --n-episodes 8 --n-envs 2 --max-epochs 6
-# --lstm-hidden-dim 16 --feature-dim 16 --iterations-per-interval 1 --checkpoint-every 1 --keep-checkpoints 1
-# --eval-episodes 2 --seed 11 --max-intervals 1` (telemetry off), and the metrics.jsonl of the same command run to
-# the end without --max-intervals.
+# metadata), TINY's run in the old flags: `python -m esper_jax.train --out run --env sim --n-episodes 8 --n-envs 2
+# --max-epochs 20 --lstm-hidden-dim 32 --feature-dim 32 --iterations-per-interval 1 --checkpoint-every 1
+# --keep-checkpoints 1 --eval-episodes 4 --seed 3 --max-intervals 1` (telemetry off), and the metrics.jsonl of the
+# same command run to the end without --max-intervals. Same shapes as TINY, so the compiled interval is shared.
 FLAT_RUN = REPO / "tests" / "fixtures" / "flat_run_abd104d.tgz"
 FLAT_RUN_METRICS = REPO / "tests" / "fixtures" / "flat_run_abd104d.metrics.jsonl"
 
 
-def test_run_dir_from_before_the_config_tree_resumes(tmp_path):
+def test_run_dir_from_before_the_config_tree_resumes(full_run, tmp_path):
     import tarfile
 
     from esper_jax.config import from_flat_dict
 
     with tarfile.open(FLAT_RUN) as tar:
         tar.extractall(tmp_path, filter="data")
-    run_dir = tmp_path / "oldrun16b"
+    run_dir = tmp_path / "run"
     flat = json.loads((run_dir / "config.json").read_text())
     assert "max_epochs" in flat and flat["env"] == "sim"  # the old flat format
     args = train_mod.parse_args(["--resume", str(run_dir), "--telemetry.no-progress-bar"])
     cfg = args.config
     assert cfg == dataclasses.replace(from_flat_dict(flat), telemetry=cfg.telemetry)
-    assert (cfg.episode_length, cfg.network.hidden_dim, cfg.n_envs, cfg.seed) == (6, 16, 2, 11)
+    assert dataclasses.replace(cfg, checkpoints=TINY.checkpoints, telemetry=TINY.telemetry) == TINY
     result = train_mod.train(cfg, run_dir, resume=True, evaluate=False)
     assert result.finished
     expected = [json.loads(line) for line in FLAT_RUN_METRICS.read_text().splitlines()]
     got = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert got == expected  # resumed under the tree == the old trainer's uninterrupted run
+    assert (run_dir / "metrics.jsonl").read_bytes() == (full_run.run_dir / "metrics.jsonl").read_bytes()
     assert json.loads((run_dir / "config.json").read_text()) == cfg.to_dict()  # rewritten in the nested format
