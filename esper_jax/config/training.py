@@ -17,6 +17,7 @@ one update; the run does ceil(n_episodes / n_envs) iterations in *intervals* of 
 compiled call and one metrics.jsonl line each).
 """
 
+# ruff: noqa: RUF009  (the sections are frozen dataclasses: a shared default instance is safe)
 from __future__ import annotations
 
 import dataclasses
@@ -102,10 +103,10 @@ class TrainingConfig:
     """PPO iterations inside one compiled call (one metrics.jsonl line)."""
     eval_episodes: int = 16
     """Envs (one episode each) of the final trained / random / always-WAIT comparison."""
-    env: EnvConfig = EnvConfig(slots=_DEFAULT_SLOTS)  # noqa: RUF009 (frozen)
-    network: NetworkConfig = NetworkConfig(num_slots=_DEFAULT_SLOTS.num_slots)  # noqa: RUF009 (frozen)
-    ppo: PPOConfig = PPOConfig()  # noqa: RUF009 (frozen)
-    rollout: RolloutConfig = RolloutConfig(num_steps=150)  # noqa: RUF009 (frozen)
+    env: EnvConfig = EnvConfig(slots=_DEFAULT_SLOTS)
+    network: NetworkConfig = NetworkConfig(num_slots=_DEFAULT_SLOTS.num_slots)
+    ppo: PPOConfig = PPOConfig()
+    rollout: RolloutConfig = RolloutConfig(num_steps=150)
     checkpoints: CheckpointConfig = CheckpointConfig()
     telemetry: RunTelemetryConfig = RunTelemetryConfig()
 
