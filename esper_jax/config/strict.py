@@ -157,7 +157,11 @@ def from_dict(cls: type, data: Any, path: str = "", base: Any = None) -> Any:
     except ConfigError:
         raise
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        # The sections name their fields "PPOConfig.gamma"; say where in the file that is: "ppo.gamma".
+        message, prefix = str(exc), f"{cls.__name__}."
+        if path and prefix in message:
+            raise ConfigError(message.replace(prefix, f"{path}.")) from None
+        raise ConfigError(f"{where}: {message}") from None
 
 
 def read_json(path: str | Path) -> Any:

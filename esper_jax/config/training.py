@@ -142,7 +142,8 @@ class TrainingConfig:
         if self.env_kind == "host" and env.task not in HOST_TASKS:
             raise ConfigError(
                 f"env.task {env.task!r} has no data in the host env (valid host tasks: {list(HOST_TASKS)}); "
-                f"use env_kind 'sim' for it, or build the env from your own arrays (README: Host-network environment)"
+                f"set env.task 'digits' (--env.task digits, or the preset cifar10), use env_kind 'sim' for this task, "
+                f"or build the env from your own arrays (README: Host-network environment)"
             )
 
     # ---- derived -----------------------------------------------------------------------------------------------
