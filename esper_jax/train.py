@@ -44,7 +44,7 @@ class Args:
 
     Config resolution: preset (or the run dir of --resume) → --config FILE.json → the flags below.
     Envs: --env-kind sim (lifecycle simulator; the default), host (real CNN hosts trained on digits with their seeds).
-    Values two parts share are set in each and must agree (e.g. --env.episode-length and --rollout.num-steps)."""
+    Values two parts share are stored in each and must agree; --compat and --episode-length set every copy."""
 
     train: Preset = Preset("default", PRESETS["default"])
     """The preset and its overrides (tyro subcommands; ``default`` is implied)."""
@@ -511,6 +511,7 @@ def parse_args(argv: list[str]) -> Args:
 
     from esper_jax.config import cli
 
+    cli.check_shared_flags(argv)
     # --config / --resume choose the base values the preset subcommands offer, so tyro reads them first.
     sources, _ = tyro.cli(Sources, args=argv, return_unknown_args=True, add_help=False, console_outputs=False)
     choice, default = cli.preset_choice(cli.base_configs(sources))

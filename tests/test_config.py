@@ -260,6 +260,21 @@ def test_cli_preset_config_and_overrides(tmp_path):
     assert args.config.network.matmul_dtype.__name__ == "bfloat16"
 
 
+def test_cli_shared_values_in_one_flag():
+    from esper_jax.train import parse_args
+
+    cfg = parse_args(["tinystories", "--compat", "upstream", "--episode-length", "20"]).config
+    assert (cfg.env.compat, cfg.ppo.compat, cfg.rollout.compat) == ("upstream",) * 3
+    assert (cfg.env.episode_length, cfg.rollout.num_steps, cfg.ppo.entropy_anneal_steps) == (20, 20, 3)
+    assert parse_args([]).config == TrainingConfig()  # without them the sections keep their own values
+    with pytest.raises(ConfigError, match=r"--compat .* not both"):
+        parse_args(["--compat", "upstream", "--ppo.compat", "fixed"])  # the preset's value, still refused
+    with pytest.raises(ConfigError, match=r"--episode-length .*--rollout\.num-steps"):
+        parse_args(["--episode-length", "20", "--rollout.num_steps=30"])
+    with pytest.raises(ConfigError, match=r"rollout\.num_steps \(150\) must equal env\.episode_length \(20\)"):
+        parse_args(["--env.episode-length", "20"])
+
+
 def test_cli_bad_config_file_starts_nothing(tmp_path, capsys):
     from esper_jax.train import main
 
@@ -300,6 +315,7 @@ def test_cli_help_documents_everything(capsys):
     for flag in ("--config", "--seed", "--out", "--resume", "--env-kind", "--debug-nans", "--n-episodes",
                  "--network.hidden-dim", "--telemetry.level", "--max-intervals", "--ppo.clip-ratio",
                  "--env.host.batch-size", "--env.episode-length", "--network.matmul-dtype", "cifar10-deep",
+                 "--compat", "--episode-length",
                  "ppo options", "env.host options"):
         assert flag in text, flag
     assert to_dict(TrainingConfig())["env"]["host"]["max_grad_norm"] == 1.0

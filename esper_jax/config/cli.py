@@ -4,7 +4,8 @@
 Presets are tyro subcommands (``python -m esper_jax.train cifar10 --seed 3``); the ``default`` one is implied, and
 flags may come before or after the preset name (``tyro.conf.CascadeSubcommandArgs``). A ``--config FILE`` or the
 run directory of ``--resume`` replaces the presets' values before the flags apply; tyro reads those two paths in a
-first pass over the same argv.
+first pass over the same argv. ``--compat`` and ``--episode-length`` set every section's copy of a shared value
+(``SHARED``); the sections' own flags still exist, and naming both is refused.
 """
 
 from __future__ import annotations
@@ -107,4 +108,51 @@ def registry():
         )
         return StructConstructorSpec(instantiate=spec.instantiate, fields=fields)
 
+    @reg.struct_rule
+    def shared_values(info):
+        if info.type is not TrainingConfig:
+            return None
+        from tyro.constructors._struct_spec_dataclass import dataclass_rule
+
+        spec = dataclass_rule(info)
+        extra = tuple(
+            StructFieldSpec(name=name, type=tp, default=None,
+                            helptext=f"Sets {' and '.join(f'--{c}' for c in copies)} together (default: as they are).")
+            for name, (tp, copies) in SHARED.items()
+        )
+
+        def instantiate(compat=None, episode_length=None, **sections):
+            return TrainingConfig(**apply_shared(sections, compat=compat, episode_length=episode_length))
+
+        return StructConstructorSpec(instantiate=instantiate, fields=extra + spec.fields)
+
     return reg
+
+
+# Values two sections share, settable in one flag on the command line (the tree itself stores each copy and
+# TrainingConfig checks that they agree).
+SHARED: dict[str, tuple[Any, tuple[str, ...]]] = {
+    "compat": (Literal["upstream", "fixed"] | None, ("env.compat", "ppo.compat", "rollout.compat")),
+    "episode_length": (int | None, ("env.episode-length", "rollout.num-steps")),
+}
+
+
+def check_shared_flags(argv: list[str]) -> None:
+    """--compat / --episode-length write every copy; naming a copy as well would leave one of the two unused."""
+    given = {a.split("=")[0].replace("_", "-") for a in argv if a.startswith("--")}
+    for name, (_, copies) in SHARED.items():
+        flag = "--" + name.replace("_", "-")
+        both = sorted(f"--{c}" for c in copies if f"--{c}" in given)
+        if flag in given and both:
+            raise ConfigError(f"{flag} sets {', '.join('--' + c for c in copies)}; give either it or {both}, not both")
+
+
+def apply_shared(sections: dict, **values: Any) -> dict:
+    out = dict(sections)
+    for name, value in values.items():
+        if value is None:
+            continue
+        for path in SHARED[name][1]:
+            section, field = path.replace("-", "_").split(".")
+            out[section] = dataclasses.replace(out[section], **{field: value})
+    return out

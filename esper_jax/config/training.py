@@ -118,12 +118,12 @@ class TrainingConfig:
         if len(set(compats.values())) != 1:
             raise ConfigError(
                 f"env.compat, ppo.compat and rollout.compat must agree (one compat for the run), got {compats}; "
-                f"set all three, e.g. --env.compat upstream --ppo.compat upstream --rollout.compat upstream"
+                f"set all three (on the command line: --compat upstream)"
             )
         if roll.num_steps != env.episode_length:
             raise ConfigError(
                 f"rollout.num_steps ({roll.num_steps}) must equal env.episode_length ({env.episode_length}): a "
-                f"rollout is one whole episode per env (full-episode BPTT)"
+                f"rollout is one whole episode per env (full-episode BPTT; on the command line: --episode-length N)"
             )
         if net.num_slots != env.num_slots:
             raise ConfigError(
