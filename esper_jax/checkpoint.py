@@ -5,7 +5,9 @@ A checkpoint (``RUN_DIR/checkpoints/<interval>``, orbax ``CheckpointManager``) h
 * ``state``: the pytree ``{"train": TrainState (params, optimiser state, obs normaliser, train_steps),
   "runner": RunnerState (env states, observations, LSTM carries, reward normaliser, episode returns),
   "key": the trainer's PRNG key, "counters": {interval, iteration, env_steps, episodes}}``
-* ``meta``: JSON ``{"format": FORMAT_VERSION, "interval": ..., "config": TrainingConfig.to_dict()}``.
+* ``meta``: JSON ``{"format": FORMAT_VERSION, "interval": ..., "config": TrainingConfig.to_dict()}``. A
+  checkpoint written before the config became a tree holds the flat config; it is read through
+  ``esper_jax.config.load_dict`` and compared in the tree's terms.
 
 Orbax writes each step to a temporary directory and renames it when complete, so a process killed mid-save
 leaves the previous checkpoint as the latest. Restoring checks the format and the config first, then restores
@@ -22,13 +24,12 @@ from typing import Any
 import jax
 import numpy as np
 
+from esper_jax.config import COMPATIBLE_OVERRIDES, ConfigError, load_dict, to_dict
+
 __all__ = ["CheckpointError", "FORMAT_VERSION", "Checkpointer", "COMPATIBLE_OVERRIDES"]
 
 FORMAT_VERSION = 1
 
-# Config keys a resumed run may change: the budget and what is only recorded, never traced.
-COMPATIBLE_OVERRIDES: frozenset[str] = frozenset({"n_episodes", "checkpoint_every", "keep_checkpoints", "telemetry",
-                                                  "eval_episodes", "use_telemetry"})
 
 
 class CheckpointError(RuntimeError):
@@ -107,11 +108,15 @@ class Checkpointer:
                 f"checkpoint {self.directory / str(step)} has format {meta.get('format') if isinstance(meta, dict) else meta!r}, "
                 f"expected {FORMAT_VERSION}"
             )
-        saved = meta.get("config", {})
-        diffs = sorted(k for k in set(saved) | set(config_dict)
-                       if k not in COMPATIBLE_OVERRIDES and saved.get(k) != config_dict.get(k))
+        try:
+            saved = _leaves(to_dict(load_dict(meta.get("config", {}))))  # a flat (pre-tree) config is migrated
+        except ConfigError as exc:
+            raise CheckpointError(f"checkpoint {self.directory / str(step)} holds an unreadable config: {exc}") from None
+        run = _leaves(to_dict(load_dict(config_dict)))
+        diffs = sorted(k for k in set(saved) | set(run)
+                       if not k.startswith(COMPATIBLE_OVERRIDES) and saved.get(k) != run.get(k))
         if diffs:
-            detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs run {config_dict.get(k)!r}" for k in diffs)
+            detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs run {run.get(k)!r}" for k in diffs)
             raise CheckpointError(f"checkpoint {self.directory / str(step)} was written by a different configuration ({detail})")
         return meta
 
@@ -119,7 +124,20 @@ class Checkpointer:
         self._manager.close()
 
 
+def _leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as {dotted path: value}, so a refusal names e.g. ``ppo.learning_rate``."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_leaves(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def read_meta_config(run_dir: Path) -> dict[str, Any]:
+    """The run directory's config.json as written (flat in runs made before the config tree: ``load_dict``
+    reads both formats)."""
     path = Path(run_dir) / "config.json"
     try:
         return json.loads(path.read_text())

@@ -1,9 +1,9 @@
 """Train the Esper seed-slot controller with recurrent factored PPO: ``python -m esper_jax.train``.
 
 Python runs only the outer loop. Each *interval* is ONE compiled call: ``lax.scan`` over
-``iterations_per_interval`` PPO iterations, each a full rollout (``rollout.collect``: ``max_epochs`` steps of
-``n_envs`` envs) followed by one ``ppo.update``. After each interval the trainer appends one line to
-``metrics.jsonl`` (deterministic values only), writes TensorBoard scalars, and every ``checkpoint_every`` intervals
+``iterations_per_interval`` PPO iterations, each a full rollout (``rollout.collect``: ``env.episode_length`` steps
+of ``n_envs`` envs) followed by one ``ppo.update``. After each interval the trainer appends one line to
+``metrics.jsonl`` (deterministic values only), writes TensorBoard scalars, and every ``checkpoints.every`` intervals
 (and at the end) an orbax checkpoint plus the learning-curve PNG. A record holds the PPO losses and per-head
 entropies and what the env did over the interval (``esper_jax.outcomes``, reduced inside the compiled call): sampled
 and effective op counts, invalid-action and action-success rates, mean reward components per env-step under
@@ -14,14 +14,14 @@ Run directory (``--out``, default ``runs/<preset>-seed<seed>-<time>``): ``config
 ``metrics.jsonl``, ``tb/`` (TensorBoard), ``checkpoints/<interval>/`` (orbax), ``learning_curves.png``,
 ``eval.json`` (final comparison, reward-component breakdown and seed outcomes).
 
-Config resolution: ``--preset`` (default ``default``) or ``--resume RUN_DIR`` (its config.json) → ``--config
-FILE.json`` (strict; keys given replace the preset's) → per-field flags. A resumed run may change only the budget
-and recording settings (``n_episodes``, telemetry, checkpoint cadence); anything else is refused.
+Config resolution: a preset subcommand (``default`` unless named) or ``--resume RUN_DIR`` (its config.json, flat
+ones migrated) → ``--config FILE.json`` (strict; keys given replace the preset's) → per-field flags
+(``esper_jax.config.cli``). A resumed run may change only the budget and recording settings (``n_episodes``,
+``eval_episodes``, ``checkpoints``, ``telemetry``); anything else is refused.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
-from esper_jax.config import PRESET_NAMES, ConfigError, DistributedConfig, TrainingConfig, config_to_dict, preset
+from esper_jax.config import PRESETS, ConfigError, DistributedConfig, TrainingConfig, to_dict
+from esper_jax.config.cli import Preset, Sources
 
 __all__ = ["Args", "main", "train", "evaluate_baselines", "TrainResult"]
 
@@ -41,23 +42,32 @@ __all__ = ["Args", "main", "train", "evaluate_baselines", "TrainResult"]
 class Args:
     """Train the Esper seed-slot controller (Tamiyo policy, Simic PPO) in JAX.
 
-    Config resolution: --preset (or the run dir of --resume) → --config FILE.json → per-field flags below.
-    Envs: 'sim' (lifecycle simulator; the default), 'host' (real CNN hosts trained on digits with their seeds)."""
+    Config resolution: preset (or the run dir of --resume) → --config FILE.json → the flags below.
+    Envs: --env-kind sim (lifecycle simulator; the default), host (real CNN hosts trained on digits with their seeds).
+    Values two parts share are stored in each and must agree; --compat and --episode-length set every copy."""
 
-    train: Annotated[TrainingConfig, __import__("tyro").conf.arg(name="")]
+    train: Preset = Preset("default", PRESETS["default"])
+    """The preset and its overrides (tyro subcommands; ``default`` is implied)."""
     distributed: Annotated[DistributedConfig, __import__("tyro").conf.arg(name="")] = DistributedConfig()
-    preset: Literal["default", "cifar10", "cifar10-deep", "tinystories"] = "default"
-    """Hyperparameter preset (upstream's TrainingConfig constructors); see esper_jax/config.py."""
-    config: Optional[Path] = None
-    """Strict JSON config (keys of TrainingConfig; unknown keys, wrong types or ranges are refused)."""
+    sources: Annotated[Sources, __import__("tyro").conf.arg(name="")] = Sources()
     out: Optional[Path] = None
     """Run directory (default runs/<preset>-seed<seed>-<time>). Must not already hold checkpoints."""
-    resume: Optional[Path] = None
-    """Resume the run in this directory from its latest checkpoint (its config.json is the base config)."""
     debug_nans: bool = False
     """After every update, find the first parameter or gradient leaf with NaN/Inf and stop naming its path."""
     max_intervals: Optional[int] = None
     """Stop (with a checkpoint) after this many intervals in this invocation; resume later with --resume."""
+
+    @property
+    def preset(self) -> str:
+        return self.train.name
+
+    @property
+    def config(self) -> TrainingConfig:
+        return self.train.train
+
+    @property
+    def resume(self) -> Optional[Path]:
+        return self.sources.resume
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -78,10 +88,10 @@ def build_static(cfg: TrainingConfig) -> Static:
 
     from esper_jax import outcomes
 
-    env = env_mod.make(cfg.env, cfg.env_config())
+    env = env_mod.make(cfg.env_kind, cfg.env)
     # The rollout reduces the env's StepInfo to per-interval totals inside the compiled call (esper_jax.outcomes).
-    rollout_config = dataclasses.replace(cfg.rollout_config(), info_totals=outcomes.step_totals)
-    return Static(env=env, network=cfg.network_config(), ppo=cfg.ppo_config(), rollout=rollout_config)
+    rollout_config = dataclasses.replace(cfg.rollout, info_totals=outcomes.step_totals)
+    return Static(env=env, network=cfg.network, ppo=cfg.ppo, rollout=rollout_config)
 
 
 def initial_state(cfg: TrainingConfig, static: Static) -> dict[str, Any]:
@@ -240,7 +250,7 @@ def evaluate_baselines(cfg: TrainingConfig, static: Static, train_state, seed: i
 
     from esper_jax.telemetry import RewardComponentsTelemetry
 
-    kinds, fn = _eval_fn(static, cfg.eval_episodes, cfg.max_epochs, cfg.compat)
+    kinds, fn = _eval_fn(static, cfg.eval_episodes, cfg.episode_length, cfg.compat)
     key = jax.random.PRNGKey(10_000_019 + (cfg.seed if seed is None else seed))
     result: dict[str, Any] = {}
     for index, kind in enumerate(kinds):
@@ -351,10 +361,10 @@ def train(
     dist.initialize(distributed.coordinator, distributed.num_processes, distributed.process_id)
     layout = dist.make_layout(cfg.n_envs, distributed.devices)  # refuses bad device/env counts up front
     static = build_static(cfg)  # refuses unavailable envs before touching the disk
-    config_dict = config_to_dict(cfg)
+    config_dict = to_dict(cfg)
 
     if resume:
-        ckpt = Checkpointer(run_dir, cfg.keep_checkpoints, create=False)
+        ckpt = Checkpointer(run_dir, cfg.checkpoints.keep, create=False)
         ckpt.check(config_dict)  # refuse a mismatched run before building anything
         reference = initial_state(cfg, static)
         state, meta = ckpt.restore(layout.abstract(reference), config_dict)
@@ -368,7 +378,7 @@ def train(
         if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
             raise CheckpointError(f"{run_dir} already holds checkpoints; use --resume {run_dir} or another --out")
         run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt = Checkpointer(run_dir, cfg.keep_checkpoints, create=True)
+        ckpt = Checkpointer(run_dir, cfg.checkpoints.keep, create=True)
         state = initial_state(cfg, static)
     state = layout.place(state)
     if layout.is_primary:
@@ -379,7 +389,7 @@ def train(
     log = telemetry.MetricsLog(run_dir, tensorboard=tele.tensorboard and tele.level != "off",
                                keep_intervals=counters["interval"]) if layout.is_primary else dist.UnwrittenLog()
     plots = tele.plots and tele.level != "off" and layout.is_primary
-    steps_per_iteration = cfg.n_envs * cfg.max_epochs
+    steps_per_iteration = cfg.n_envs * cfg.episode_length
     total_steps = cfg.num_iterations * steps_per_iteration
     param_paths = telemetry.leaf_paths(state["train"].params) if debug_nans else None
 
@@ -432,7 +442,7 @@ def train(
                 progress.update(task, completed=counters["env_steps"], it=counters["iteration"], sps=sps,
                                 ret="-" if ret is None else f"{ret:+.3f}")
             done = counters["interval"] >= cfg.num_intervals
-            if done or counters["interval"] % cfg.checkpoint_every == 0 or (
+            if done or counters["interval"] % cfg.checkpoints.every == 0 or (
                     max_intervals is not None and ran >= max_intervals):
                 save(counters["interval"])
             finished = done
@@ -499,21 +509,20 @@ def comparison_line(evaluation: dict[str, Any], episodes: int) -> str:
 def parse_args(argv: list[str]) -> Args:
     import tyro
 
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--preset", default="default")
-    pre.add_argument("--config", default=None)
-    pre.add_argument("--resume", default=None)
-    known, _ = pre.parse_known_args(argv)
-    if known.resume is not None:
-        from esper_jax.checkpoint import read_meta_config
+    from esper_jax.config import cli
 
-        base = TrainingConfig.from_dict(read_meta_config(Path(known.resume)))
-    else:
-        base = preset(known.preset)
-    if known.config is not None:
-        base = TrainingConfig.from_json_path(known.config, base)
-    default = Args(train=base, preset=known.preset if known.preset in PRESET_NAMES else "default")
-    return tyro.cli(Args, args=argv, default=default, description=__doc__.split("\n\n")[0])
+    cli.check_shared_flags(argv)
+    # --config / --resume choose the base values the preset subcommands offer, so tyro reads them first.
+    sources, _ = tyro.cli(Sources, args=argv, return_unknown_args=True, add_help=False, console_outputs=False)
+    choice, default = cli.preset_choice(cli.base_configs(sources))
+    spec = dataclasses.make_dataclass("Args", [("train", choice, dataclasses.field(default=default))], bases=(Args,),
+                                      frozen=True)
+    spec.__doc__ = Args.__doc__
+    try:
+        return tyro.cli(tyro.conf.CascadeSubcommandArgs[spec], args=argv, registry=cli.registry(),
+                        description=__doc__.split("\n\n")[0])
+    except (TypeError, ValueError) as exc:  # a section's own validation (PPOConfig, EnvConfig, ...)
+        raise ConfigError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -522,16 +531,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parse_args(argv)
-        cfg = args.train
+        cfg = args.config
         if args.resume is not None:
             run_dir = args.resume
             if args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve():
                 raise ConfigError("--out and --resume name different directories; a resumed run stays in its own")
         else:
             run_dir = args.out or _default_run_dir(args.preset, cfg)
-        print(f"run dir: {run_dir}  (env {cfg.env}, task {cfg.env_task}, slots {list(cfg.slots)}, "
-              f"{cfg.n_episodes} episodes = {cfg.num_iterations} iterations x {cfg.n_envs} envs x {cfg.max_epochs} "
-              f"steps, hidden {cfg.lstm_hidden_dim})", file=sys.stderr)
+        print(f"run dir: {run_dir}  (env {cfg.env_kind}, task {cfg.env.task}, slots {list(cfg.env.slots.slot_ids)}, "
+              f"{cfg.n_episodes} episodes = {cfg.num_iterations} iterations x {cfg.n_envs} envs x "
+              f"{cfg.episode_length} steps, hidden {cfg.network.hidden_dim})", file=sys.stderr)
         t0 = time.perf_counter()
         result = train(cfg, run_dir, resume=args.resume is not None, debug_nans=args.debug_nans,
                        max_intervals=args.max_intervals, distributed=args.distributed)

@@ -35,14 +35,18 @@ import numpy as np
 from flax import struct
 
 from esper_jax import distributed, ppo, rollout, synthetic, train
-from esper_jax.config import ConfigError, DistributedConfig, RunTelemetryConfig, TrainingConfig
-from esper_jax.contracts import LifecycleOp
+from esper_jax.config import CheckpointConfig, ConfigError, DistributedConfig, RunTelemetryConfig, TrainingConfig
+from esper_jax.contracts import LifecycleOp, SlotConfig
+from esper_jax.env import EnvConfig
 from esper_jax.network import NetworkConfig
 
 HIDDEN = 32  # the SPMD behaviour does not depend on width; small nets keep the compiles short
 TRAIN_CONFIG = TrainingConfig(
-    env="sim", n_episodes=24, n_envs=8, max_epochs=12, lstm_hidden_dim=HIDDEN, feature_dim=HIDDEN, iterations_per_interval=1,
-    checkpoint_every=2, seed=5,
+    env_kind="sim", n_episodes=24, n_envs=8, iterations_per_interval=1, seed=5,
+    env=EnvConfig(slots=SlotConfig(("r0c1",)), episode_length=12),
+    rollout=rollout.RolloutConfig(num_steps=12),
+    network=NetworkConfig(num_slots=1, hidden_dim=HIDDEN, feature_dim=HIDDEN),
+    checkpoints=CheckpointConfig(every=2),
     telemetry=RunTelemetryConfig(progress_bar=False, tensorboard=False, plots=False),
 )
 

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from esper_jax.checkpoint import CheckpointError, Checkpointer
+from esper_jax.config import TrainingConfig, from_flat_dict
 
-CONFIG = {"n_envs": 2, "lr": 3e-4, "n_episodes": 8}
+CONFIG = TrainingConfig(n_envs=2, n_episodes=8).to_dict()
+FLAT = {"n_envs": 2, "lr": 3e-4, "n_episodes": 8}  # a checkpoint's config before the config tree
 
 
 def _state(scale: float = 1.0, width: int = 3):
@@ -45,6 +47,17 @@ def test_budget_change_is_compatible(tmp_path):
     Checkpointer(tmp_path, create=False).restore(_state(), dict(CONFIG, n_episodes=16))
 
 
+def test_flat_config_of_an_older_checkpoint_is_migrated(tmp_path):
+    ckpt = Checkpointer(tmp_path, max_to_keep=2)
+    ckpt.save(2, _state(), {"config": FLAT})
+    ckpt.close()
+    ckpt = Checkpointer(tmp_path, create=False)
+    assert from_flat_dict(FLAT).to_dict() == CONFIG
+    ckpt.check(CONFIG)  # the same run in the tree's terms
+    with pytest.raises(CheckpointError, match=r"ppo\.learning_rate: checkpoint 0\.0003 vs run 0\.001"):
+        ckpt.check(from_flat_dict(dict(FLAT, lr=1e-3)).to_dict())
+
+
 def test_missing_checkpoint_refused(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoints"):
         Checkpointer(tmp_path / "nothing", create=False)
@@ -53,8 +66,8 @@ def test_missing_checkpoint_refused(tmp_path):
 def test_config_mismatch_refused_and_untouched(tmp_path):
     _save(tmp_path).close()
     before = _digest(tmp_path)
-    with pytest.raises(CheckpointError, match="lr"):
-        Checkpointer(tmp_path, create=False).restore(_state(), dict(CONFIG, lr=1e-3))
+    with pytest.raises(CheckpointError, match=r"ppo\.learning_rate"):
+        Checkpointer(tmp_path, create=False).restore(_state(), dict(CONFIG, ppo=dict(CONFIG["ppo"], learning_rate=1e-3)))
     assert _digest(tmp_path) == before
 
 

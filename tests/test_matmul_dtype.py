@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from esper_jax import normalization, policy, rollout
-from esper_jax.config import ConfigError, TrainingConfig
+from esper_jax.config import ConfigError, TrainingConfig, from_flat_dict
 from esper_jax.env import make as make_env
 from esper_jax.network import NetworkConfig, is_kernel
 from esper_jax.synthetic import random_policy_batch
@@ -56,10 +56,10 @@ def test_config_normalises_and_rejects_bad_matmul_dtypes():
         NetworkConfig(num_slots=3, matmul_dtype="bfloat17")
     with pytest.raises(ValueError, match="matmul_dtype .float64. must not be wider than dtype .float32."):
         NetworkConfig(num_slots=3, matmul_dtype="float64")
-    assert np.dtype(TrainingConfig(matmul_dtype="bfloat16").network_config().matmul_dtype) == jnp.bfloat16
-    assert np.dtype(TrainingConfig().network_config().matmul_dtype) == np.float32
+    assert np.dtype(from_flat_dict({"matmul_dtype": "bfloat16"}).network.matmul_dtype) == jnp.bfloat16
+    assert np.dtype(TrainingConfig().network.matmul_dtype) == np.float32
     with pytest.raises(ConfigError, match="matmul_dtype"):
-        TrainingConfig(matmul_dtype="float16")
+        from_flat_dict({"matmul_dtype": "float16"})
 
 
 def test_cast_kernels_narrows_exactly_the_matmul_kernels(params):

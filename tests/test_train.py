@@ -21,15 +21,22 @@ import pytest
 
 from esper_jax import train as train_mod
 from esper_jax.checkpoint import CheckpointError
-from esper_jax.config import RunTelemetryConfig, TrainingConfig
+from esper_jax.config import CheckpointConfig, RunTelemetryConfig, TrainingConfig
+from esper_jax.contracts import SlotConfig
+from esper_jax.env import EnvConfig
+from esper_jax.network import NetworkConfig
+from esper_jax.rollout import RolloutConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
 # The trainer's mechanics do not depend on the env: the simulator keeps the compiles short (the host env's step is
 # tested in test_env_host.py; a host-env training run is in the slow tests below).
 TINY = TrainingConfig(
-    env="sim", n_episodes=8, n_envs=2, max_epochs=20, lstm_hidden_dim=32, feature_dim=32, iterations_per_interval=1,
-    checkpoint_every=2, eval_episodes=4, seed=3,
+    env_kind="sim", n_episodes=8, n_envs=2, iterations_per_interval=1, eval_episodes=4, seed=3,
+    env=EnvConfig(slots=SlotConfig(("r0c1",)), episode_length=20),
+    rollout=RolloutConfig(num_steps=20),
+    network=NetworkConfig(num_slots=1, hidden_dim=32, feature_dim=32),
+    checkpoints=CheckpointConfig(every=2),
     telemetry=RunTelemetryConfig(progress_bar=False),
 )
 QUIET = dataclasses.replace(TINY, telemetry=RunTelemetryConfig(progress_bar=False, tensorboard=False, plots=False))
@@ -78,7 +85,7 @@ def test_env_outcomes_in_records_are_consistent(full_run):
     from esper_jax.outcomes import OP_NAMES, SEED_OUTCOMES
 
     records = [json.loads(line) for line in (full_run.run_dir / "metrics.jsonl").read_text().splitlines()]
-    steps = TINY.n_envs * TINY.max_epochs * TINY.iterations_per_interval
+    steps = TINY.n_envs * TINY.episode_length * TINY.iterations_per_interval
     seeds = {k: 0 for k in SEED_OUTCOMES}
     for rec in records:
         sampled, effective = rec["op_counts"], rec["effective_op_counts"]
@@ -167,8 +174,9 @@ def test_existing_run_dir_is_not_overwritten(full_run):
 
 def test_mismatched_config_refused(full_run):
     before = _digest(full_run.run_dir)
-    with pytest.raises(CheckpointError, match="lr"):
-        train_mod.train(dataclasses.replace(TINY, lr=1e-3), full_run.run_dir, resume=True)
+    with pytest.raises(CheckpointError, match=r"ppo\.learning_rate"):
+        train_mod.train(dataclasses.replace(TINY, ppo=dataclasses.replace(TINY.ppo, learning_rate=1e-3)),
+                        full_run.run_dir, resume=True)
     assert _digest(full_run.run_dir) == before
 
 
@@ -188,8 +196,8 @@ def test_corrupt_checkpoint_refused(full_run, tmp_path):
 
 def test_resume_cli_refuses_changed_architecture(full_run, capsys):
     before = _digest(full_run.run_dir)
-    assert train_mod.main(["--resume", str(full_run.run_dir), "--lstm-hidden-dim", "64"]) == 2
-    assert "lstm_hidden_dim" in capsys.readouterr().err
+    assert train_mod.main(["--resume", str(full_run.run_dir), "--network.hidden-dim", "64"]) == 2
+    assert "network.hidden_dim" in capsys.readouterr().err
     assert _digest(full_run.run_dir) == before
 
 
@@ -214,9 +222,10 @@ def test_debug_nans_names_the_leaf(tmp_path, monkeypatch):
 def test_sigkill_mid_run_resumes_from_last_checkpoint(tmp_path):
     run_dir = tmp_path / "killed"
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"), PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "esper_jax.train", "--out", str(run_dir), "--env", "sim", "--n-episodes", "400",
+    cmd = [sys.executable, "-m", "esper_jax.train", "--out", str(run_dir), "--env-kind", "sim", "--n-episodes", "400",
            "--n-envs", "2",
-           "--max-epochs", "20", "--lstm-hidden-dim", "32", "--feature-dim", "32", "--checkpoint-every", "1",
+           "--env.episode-length", "20", "--rollout.num-steps", "20", "--network.hidden-dim", "32",
+           "--network.feature-dim", "32", "--checkpoints.every", "1",
            "--iterations-per-interval", "1",  # one iteration (2 episodes) per interval: the arithmetic below
            "--eval-episodes", "2", "--seed", "5", "--telemetry.no-progress-bar"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -255,3 +264,35 @@ def test_trained_policy_beats_random_and_wait(tmp_path):
     assert ev["sampled"]["mean_return"] > ev["wait"]["mean_return"], ev
     line = train_mod.comparison_line(ev, cfg.eval_episodes)
     assert "beats both" in line
+
+
+# A run directory written by the trainer before the config tree (commit abd104d, flat config.json and checkpoint
+# metadata), TINY's run in the old flags: `python -m esper_jax.train --out run --env sim --n-episodes 8 --n-envs 2
+# --max-epochs 20 --lstm-hidden-dim 32 --feature-dim 32 --iterations-per-interval 1 --checkpoint-every 1
+# --keep-checkpoints 1 --eval-episodes 4 --seed 3 --max-intervals 1` (telemetry off), and the metrics.jsonl of the
+# same command run to the end without --max-intervals. Same shapes as TINY, so the compiled interval is shared.
+FLAT_RUN = REPO / "tests" / "fixtures" / "flat_run_abd104d.tgz"
+FLAT_RUN_METRICS = REPO / "tests" / "fixtures" / "flat_run_abd104d.metrics.jsonl"
+
+
+def test_run_dir_from_before_the_config_tree_resumes(full_run, tmp_path):
+    import tarfile
+
+    from esper_jax.config import from_flat_dict
+
+    with tarfile.open(FLAT_RUN) as tar:
+        tar.extractall(tmp_path, filter="data")
+    run_dir = tmp_path / "run"
+    flat = json.loads((run_dir / "config.json").read_text())
+    assert "max_epochs" in flat and flat["env"] == "sim"  # the old flat format
+    args = train_mod.parse_args(["--resume", str(run_dir), "--telemetry.no-progress-bar"])
+    cfg = args.config
+    assert cfg == dataclasses.replace(from_flat_dict(flat), telemetry=cfg.telemetry)
+    assert dataclasses.replace(cfg, checkpoints=TINY.checkpoints, telemetry=TINY.telemetry) == TINY
+    result = train_mod.train(cfg, run_dir, resume=True, evaluate=False)
+    assert result.finished
+    expected = [json.loads(line) for line in FLAT_RUN_METRICS.read_text().splitlines()]
+    got = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert got == expected  # resumed under the tree == the old trainer's uninterrupted run
+    assert (run_dir / "metrics.jsonl").read_bytes() == (full_run.run_dir / "metrics.jsonl").read_bytes()
+    assert json.loads((run_dir / "config.json").read_text()) == cfg.to_dict()  # rewritten in the nested format

@@ -1,0 +1,44 @@
+"""Presets: upstream's ``TrainingConfig`` constructors (``for_*``), hyperparameters unchanged, read through the
+flat adapter so they are exactly what esper-lite's JSON of the same constructor gives.
+
+Two envs exist: the host-network env (``"host"``: real CNN hosts trained with their seeds; one built-in dataset,
+scikit-learn's digits, on cifar10's CNNHost widths 8/16/32) and the lifecycle simulator (``"sim"``: exact
+lifecycle, signals and reward over a cheap accuracy model). The default stays on the simulator so that ``make
+train`` runs upstream's whole budget on a 2-core CPU in a few minutes; the host env is accelerator work.
+
+| preset | upstream constructor | overrides of the defaults | env_kind | env.task |
+|---|---|---|---|---|
+| ``default`` | ``TrainingConfig()`` | none (100 episodes = 25 iterations of 4 envs x 150 steps, LSTM 512) | sim | cifar10 |
+| ``cifar10`` | ``for_cifar10()`` | entropy_coef 0.1 (inert upstream: plateau_threshold 0.4) | host | digits |
+| ``cifar10-deep`` | ``for_cifar10_deep()`` | entropy_coef 0.08 (inert: plateau_threshold 0.35) | sim | cifar10_deep |
+| ``tinystories`` | ``for_tinystories()`` | entropy_coef 0.05, entropy_anneal_episodes 10 → ppo.entropy_anneal_steps 3 (inert: plateau_threshold 0.3, improvement_threshold 1.5, sparse_reward_scale 0.5) | sim | tinystories |
+"""
+
+from __future__ import annotations
+
+from esper_jax.config.strict import ConfigError
+from esper_jax.config.training import TrainingConfig
+from esper_jax.config.upstream import from_flat_dict
+
+__all__ = ["PRESETS", "PRESET_DESCRIPTIONS", "PRESET_NAMES", "preset"]
+
+_UPSTREAM: dict[str, tuple[str, dict]] = {
+    "default": ("upstream TrainingConfig() on the lifecycle simulator", {}),
+    "cifar10": ("upstream for_cifar10(): real CNN hosts on digits (host env)",
+                {"entropy_coef": 0.1, "plateau_threshold": 0.4, "env": "host", "task": "digits"}),
+    "cifar10-deep": ("upstream for_cifar10_deep() on the simulator",
+                     {"entropy_coef": 0.08, "plateau_threshold": 0.35, "task": "cifar10_deep"}),
+    "tinystories": ("upstream for_tinystories() on the simulator (transformer blueprints)",
+                    {"entropy_coef": 0.05, "entropy_anneal_episodes": 10, "plateau_threshold": 0.3,
+                     "improvement_threshold": 1.5, "sparse_reward_scale": 0.5, "task": "tinystories"}),
+}
+
+PRESETS: dict[str, TrainingConfig] = {name: from_flat_dict(flat) for name, (_, flat) in _UPSTREAM.items()}
+PRESET_DESCRIPTIONS: dict[str, str] = {name: text for name, (text, _) in _UPSTREAM.items()}
+PRESET_NAMES: tuple[str, ...] = tuple(PRESETS)
+
+
+def preset(name: str) -> TrainingConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; valid: {list(PRESET_NAMES)}")
+    return PRESETS[name]
