@@ -18,7 +18,7 @@ from bench.common import TORCH, Measurement, Options
 from esper_jax import features as features_mod
 from esper_jax import masks as masks_mod
 from esper_jax.contracts import SlotConfig
-from esper_jax.synthetic import random_observation
+from esper_jax.testing import random_observation
 
 NAME = "features"
 SLOTS = (3, 5, 10, 25)

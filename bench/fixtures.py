@@ -17,7 +17,7 @@ from bench.common import JAX
 from esper_jax import policy
 from esper_jax.contracts import SlotConfig
 from esper_jax.network import NetworkConfig, param_count
-from esper_jax.synthetic import UpdateBuffer, random_policy_batch
+from esper_jax.testing import UpdateBuffer, random_policy_batch
 
 NUM_SLOTS = 3
 SEQ_LEN = 150  # upstream's episode length and rollout length

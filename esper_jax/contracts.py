@@ -12,6 +12,7 @@ import math
 from typing import Generic, Iterable, Literal, TypeVar
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
@@ -291,6 +292,17 @@ class PerHead(Generic[T]):
 
     def map(self, fn) -> "PerHead":
         return jax.tree.map(fn, self)
+
+    def stack(self, axis: int = 0) -> jax.Array:
+        """The eight heads' same-shaped arrays as one array with a new head axis at ``axis`` (HEAD_NAMES order)."""
+        return jnp.stack([getattr(self, h) for h in HEAD_NAMES], axis=axis)
+
+    @classmethod
+    def unstack(cls, stacked: jax.Array, axis: int = 0) -> "PerHead":
+        """Inverse of ``stack``: split the head axis ``axis`` (length NUM_HEADS, HEAD_NAMES order) into a PerHead."""
+        if stacked.shape[axis] != NUM_HEADS:
+            raise ValueError(f"PerHead.unstack: axis {axis} must have {NUM_HEADS} heads, got shape {stacked.shape}")
+        return cls(**{h: jax.lax.index_in_dim(stacked, i, axis, keepdims=False) for i, h in enumerate(HEAD_NAMES)})
 
 
 # Causal relevance (leyline/causal_masks.py): CAUSAL_RELEVANCE[op, head] is True when the head's choice matters

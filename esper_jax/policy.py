@@ -171,10 +171,6 @@ def _stacked_heads(env_masked: PerHead, effective: PerHead) -> tuple[jax.Array, 
     return dist.stack_heads(masked, dist.PADDED_LOGIT_VALUE), dist.stack_heads(effective, False)
 
 
-def _stack_actions(actions: PerHead) -> jax.Array:
-    return jnp.stack([getattr(actions, h) for h in HEAD_NAMES], axis=-1)
-
-
 def _nonfinite_rows(raw_logits: PerHead) -> jax.Array:
     return jnp.any(dist.nonfinite_rows(dist.stack_heads(raw_logits, 0.0)), axis=-1)
 
@@ -229,8 +225,8 @@ def _get_action_impl(
     stacked, stacked_mask = _stacked_heads(logits, effective)
     scores = stacked if noise is None else stacked + noise
     chosen = jnp.argmax(scores, axis=-1).astype(jnp.int32)  # [..., 8]; the op row repeats the op drawn above
-    actions = dist.unstack_heads(chosen).replace(op=op)
-    log_probs = dist.unstack_heads(dist.masked_log_prob(stacked, _stack_actions(actions)))
+    actions = PerHead.unstack(chosen, axis=-1).replace(op=op)
+    log_probs = PerHead.unstack(dist.masked_log_prob(stacked, actions.stack(axis=-1)), axis=-1)
     q = net.apply({"params": params}, lstm_out, op, method=net.q_value)
     return ActionOutput(
         actions=actions,
@@ -297,8 +293,8 @@ def _evaluate_actions_impl(
     stacked, stacked_mask = _stacked_heads(logits, effective)
     q = net.apply({"params": params}, out.lstm_out, actions.op, method=net.q_value)
     return Evaluation(
-        log_probs=dist.unstack_heads(dist.masked_log_prob(stacked, _stack_actions(actions))),
-        entropies=dist.unstack_heads(dist.masked_entropy(stacked, stacked_mask)),
+        log_probs=PerHead.unstack(dist.masked_log_prob(stacked, actions.stack(axis=-1)), axis=-1),
+        entropies=PerHead.unstack(dist.masked_entropy(stacked, stacked_mask), axis=-1),
         value=q,
         carry=out.carry,
         mask_error=jnp.any(dist.empty_rows(stacked_mask), axis=-1),

@@ -20,6 +20,7 @@ __all__ = [
     "RewardComponentsTelemetry",
     "ENV_COMPONENT_TO_TELEMETRY",
     "MetricsLog",
+    "UnwrittenLog",
     "find_nonfinite_leaf",
     "leaf_paths",
     "plot_learning_curves",
@@ -206,6 +207,23 @@ class MetricsLog:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+class UnwrittenLog:
+    """The metrics log of a process other than 0 in a multi-host run: keeps the records, writes nothing (process
+    0's ``MetricsLog`` writes the run's one metrics.jsonl and TensorBoard files)."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def append(self, record: dict[str, Any], timing: Mapping[str, float] | None = None) -> None:
+        self.records.append(record)
+
+    def add_scalars(self, prefix: str, values: Mapping[str, Any], step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -377,7 +377,7 @@ def train(
     counters = {k: int(np.asarray(v)) for k, v in state["counters"].items()}
     tele = cfg.telemetry
     log = telemetry.MetricsLog(run_dir, tensorboard=tele.tensorboard and tele.level != "off",
-                               keep_intervals=counters["interval"]) if layout.is_primary else dist.UnwrittenLog()
+                               keep_intervals=counters["interval"]) if layout.is_primary else telemetry.UnwrittenLog()
     plots = tele.plots and tele.level != "off" and layout.is_primary
     steps_per_iteration = cfg.n_envs * cfg.max_epochs
     total_steps = cfg.num_iterations * steps_per_iteration

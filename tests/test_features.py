@@ -26,7 +26,7 @@ from esper_jax.contracts import (
 )
 from esper_jax.features import Features, extract, extract_single, validate_observation
 from esper_jax.observation import Observation, empty_observation, signal_dtypes, slot_dtypes
-from esper_jax.synthetic import random_observation
+from esper_jax.testing import random_observation
 
 LN16 = math.log(16.0)
 

@@ -28,7 +28,7 @@ from esper_jax.contracts import (
     head_sizes,
 )
 from esper_jax.observation import Observation, empty_observation
-from esper_jax.synthetic import random_observation
+from esper_jax.testing import random_observation
 
 OP = LifecycleOp
 EMPTY = None  # a slot without a seed report

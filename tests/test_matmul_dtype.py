@@ -14,7 +14,7 @@ from esper_jax import normalization, policy, rollout
 from esper_jax.config import ConfigError, TrainingConfig
 from esper_jax.env import make as make_env
 from esper_jax.network import NetworkConfig, is_kernel
-from esper_jax.synthetic import random_policy_batch
+from esper_jax.testing import random_policy_batch
 
 F32 = NetworkConfig(num_slots=3, feature_dim=128, hidden_dim=128)
 BF16 = dataclasses.replace(F32, matmul_dtype="bfloat16")

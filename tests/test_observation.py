@@ -6,7 +6,7 @@ import pytest
 
 from esper_jax.contracts import VALID_STAGES, HISTORY_LENGTH
 from esper_jax.observation import empty_observation, signal_dtypes, slot_dtypes
-from esper_jax.synthetic import random_observation
+from esper_jax.testing import random_observation
 
 
 def _leaf_specs(obs):

@@ -1,5 +1,5 @@
-"""Random but realistic observations, policy batches and PPO update buffers, for tests, parity checks and
-benchmarks.
+"""Test and benchmark fixtures (not used by training): random but realistic observations, policy batches and PPO
+update buffers for tests, parity checks and benchmarks. ``UpdateBuffer.torch_data`` takes the torch module (the ``torch`` extra).
 
 Host-side and NumPy-seeded (not a jit function): the same seed gives the same batch on every machine, and the
 torch reference can be fed the very same values. Slot states are valid lifecycle states with consistent alpha
