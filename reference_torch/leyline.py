@@ -78,12 +78,6 @@ class AlphaMode(IntEnum):
     DOWN = 2
 
 
-class AlphaCurve(IntEnum):
-    LINEAR = 1
-    COSINE = 2
-    SIGMOID = 3
-
-
 class AlphaAlgorithm(IntEnum):
     ADD = 1
     MULTIPLY = 2
@@ -228,7 +222,6 @@ def get_action_head_sizes(slot_config: SlotConfig) -> dict[str, int]:
 
 # tamiyo/policy/features.py
 HISTORY_LENGTH = 5
-BASE_FEATURE_SIZE = 24
 SLOT_FEATURE_SIZE = 30
 MAX_EPOCHS_NORM = 150.0
 STAGE_COUNT_DIVISOR = 3.0
