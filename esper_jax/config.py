@@ -40,7 +40,7 @@ import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 __all__ = [
     "ConfigError",
@@ -204,7 +204,7 @@ class RunTelemetryConfig:
         _check_min(self, "anomaly_escalation_epochs", 0)
 
     @classmethod
-    def from_dict(cls, data: Any) -> "RunTelemetryConfig":
+    def from_dict(cls, data: Any) -> RunTelemetryConfig:
         return _from_dict(cls, data, "telemetry")
 
 
@@ -222,15 +222,15 @@ class TrainingConfig:
     n_episodes: int = 100
     n_envs: int = 4
     max_epochs: int = 150  # episode length (env steps per episode)
-    batch_size_per_env: Optional[int] = None  # host env: SGD minibatch size (None → the task's, 16 on digits); inert on sim
+    batch_size_per_env: int | None = None  # host env: SGD minibatch size (None → the task's, 16 on digits); inert on sim
     lr: float = 3e-4
     clip_ratio: float = 0.2
     gamma: float = 0.995
     gae_lambda: float = 0.98
     ppo_updates_per_batch: int = 1  # → PPOConfig.epochs (full-batch gradient steps per iteration)
     entropy_coef: float = 0.05
-    entropy_coef_start: Optional[float] = None
-    entropy_coef_end: Optional[float] = None
+    entropy_coef_start: float | None = None
+    entropy_coef_end: float | None = None
     entropy_coef_min: float = 0.01
     adaptive_entropy_floor: bool = False  # inert (dead upstream too)
     entropy_anneal_episodes: int = 0  # → PPOConfig.entropy_anneal_steps = ceil(episodes / n_envs)
@@ -238,20 +238,20 @@ class TrainingConfig:
     amp: bool = False  # inert (float32 throughout)
     amp_dtype: Literal["auto", "float16", "bfloat16", "off"] = "auto"  # inert
     compile_mode: Literal["default", "max-autotune", "reduce-overhead", "off"] = "default"  # inert (always jit)
-    chunk_length: Optional[int] = None  # None → max_epochs (kept None so --max-epochs alone works); if set must equal max_epochs
+    chunk_length: int | None = None  # None → max_epochs (kept None so --max-epochs alone works); if set must equal max_epochs
     slots: tuple[str, ...] = ("r0c1",)
-    max_seeds: Optional[int] = None  # None → unlimited
+    max_seeds: int | None = None  # None → unlimited
     reward_mode: Literal["shaped"] = "shaped"  # the simulator implements SHAPED only
     reward_family: Literal["contribution"] = "contribution"  # LOSS family not implemented by the simulator
     param_budget: int = 500_000  # inert (SPARSE/MINIMAL modes only)
     param_penalty_weight: float = 0.1  # inert (SPARSE/MINIMAL modes only)
     sparse_reward_scale: float = 1.0  # inert (SPARSE mode only)
-    reward_mode_per_env: Optional[tuple[str, ...]] = None  # must be None or all "shaped"
+    reward_mode_per_env: tuple[str, ...] | None = None  # must be None or all "shaped"
     plateau_threshold: float = 0.5  # inert (upstream telemetry events)
     improvement_threshold: float = 2.0  # inert (upstream telemetry events)
     gradient_telemetry_stride: int = 10  # inert
     seed: int = 42
-    task: Optional[Literal["cifar10", "cifar10_deep", "cifar10_blind", "tinystories", "digits"]] = None  # None → digits (host) / cifar10 (sim)
+    task: Literal["cifar10", "cifar10_deep", "cifar10_blind", "tinystories", "digits"] | None = None  # None → digits (host) / cifar10 (sim)
     permissive_gates: bool = True  # → EnvConfig.gates "permissive"/"strict"
     disable_pbrs: bool = False
     disable_terminal_reward: bool = False
@@ -271,7 +271,7 @@ class TrainingConfig:
     checkpoint_every: int = 2  # intervals between orbax checkpoints (one is always written at the end)
     keep_checkpoints: int = 2  # orbax max_to_keep
     normalize_rewards: bool = True
-    target_kl: Optional[float] = 0.015
+    target_kl: float | None = 0.015
     value_coef: float = 0.5
     policy_max_grad_norm: float = 1.0  # PPO gradient clipping (PPOAgent default)
     eval_episodes: int = 16  # envs (one episode each) of the final trained/random/WAIT comparison
@@ -424,7 +424,7 @@ class TrainingConfig:
         return config_to_dict(self)
 
     @classmethod
-    def from_dict(cls, data: Any, base: "TrainingConfig | None" = None) -> "TrainingConfig":
+    def from_dict(cls, data: Any, base: TrainingConfig | None = None) -> TrainingConfig:
         """Strict load; keys absent from ``data`` take ``base``'s values (default: ``TrainingConfig()``)."""
         if isinstance(data, dict) and "entropy_anneal_rounds" in data:
             if "entropy_anneal_episodes" in data:
@@ -434,7 +434,7 @@ class TrainingConfig:
         return _from_dict(cls, data, "config", base)
 
     @classmethod
-    def from_json_path(cls, path: str | Path, base: "TrainingConfig | None" = None) -> "TrainingConfig":
+    def from_json_path(cls, path: str | Path, base: TrainingConfig | None = None) -> TrainingConfig:
         try:
             text = Path(path).read_text()
         except OSError as exc:
@@ -455,13 +455,13 @@ class DistributedConfig:
     three process settings together, or none of them and a cluster launcher's variables (SLURM, Open MPI, a
     multi-host TPU slice, JAX_COORDINATOR_ADDRESS) are read by ``jax.distributed.initialize()``."""
 
-    devices: Optional[int] = None
+    devices: int | None = None
     """Devices to split the envs over (default: every local device, or every device of every process)."""
-    coordinator: Optional[str] = None
+    coordinator: str | None = None
     """Multi-host: HOST:PORT of process 0's coordinator service (with --num-processes and --process-id)."""
-    num_processes: Optional[int] = None
+    num_processes: int | None = None
     """Multi-host: how many processes take part (one per host, usually)."""
-    process_id: Optional[int] = None
+    process_id: int | None = None
     """Multi-host: this process's rank, 0..num_processes-1; process 0 writes logs, plots and eval.json."""
 
     def __post_init__(self) -> None:

@@ -39,7 +39,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,8 +48,7 @@ from flax import struct
 
 from esper_jax import features as features_mod
 from esper_jax import masks as masks_mod
-from esper_jax import normalization
-from esper_jax import policy
+from esper_jax import normalization, policy
 from esper_jax.contracts import DEFAULT_COMPAT, NUM_OPS, Compat, PerHead, check_compat
 from esper_jax.env.interface import Environment, StepOutput
 from esper_jax.masks import MaskConfig
@@ -77,7 +77,7 @@ class RolloutConfig:
     normalize_rewards: bool = True
     # ONE env-step's info → additive pytree (summed over envs and steps inside collect). A module-level function,
     # so the config stays hashable and the compile cache keys on it.
-    info_totals: Optional[Callable[[Any], Any]] = None
+    info_totals: Callable[[Any], Any] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 1:

@@ -14,9 +14,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 
+from esper_jax import features as features_mod
+from esper_jax import masks as masks_mod
 from esper_jax.contracts import (
     CANONICAL_STYLE,
     HEAD_NAMES,
@@ -31,9 +33,7 @@ from esper_jax.contracts import (
     PerHead,
     SeedStage,
 )
-from esper_jax import features as features_mod
-from esper_jax import masks as masks_mod
-from esper_jax.observation import Observation, SlotReports, Signals, signal_dtypes, slot_dtypes
+from esper_jax.observation import Observation, Signals, SlotReports, signal_dtypes, slot_dtypes
 
 _STAGES = np.array([s.value for s in SeedStage], dtype=np.int32)
 

@@ -25,12 +25,10 @@ import argparse
 import dataclasses
 import functools
 import json
-import math
-import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
 from esper_jax.config import PRESET_NAMES, ConfigError, DistributedConfig, TrainingConfig, config_to_dict, preset
 
@@ -48,15 +46,15 @@ class Args:
     distributed: Annotated[DistributedConfig, __import__("tyro").conf.arg(name="")] = DistributedConfig()
     preset: Literal["default", "cifar10", "cifar10-deep", "tinystories"] = "default"
     """Hyperparameter preset (upstream's TrainingConfig constructors); see esper_jax/config.py."""
-    config: Optional[Path] = None
+    config: Path | None = None
     """Strict JSON config (keys of TrainingConfig; unknown keys, wrong types or ranges are refused)."""
-    out: Optional[Path] = None
+    out: Path | None = None
     """Run directory (default runs/<preset>-seed<seed>-<time>). Must not already hold checkpoints."""
-    resume: Optional[Path] = None
+    resume: Path | None = None
     """Resume the run in this directory from its latest checkpoint (its config.json is the base config)."""
     debug_nans: bool = False
     """After every update, find the first parameter or gradient leaf with NaN/Inf and stop naming its path."""
-    max_intervals: Optional[int] = None
+    max_intervals: int | None = None
     """Stop (with a checkpoint) after this many intervals in this invocation; resume later with --resume."""
 
 
@@ -75,7 +73,6 @@ class Static:
 
 def build_static(cfg: TrainingConfig) -> Static:
     from esper_jax import env as env_mod
-
     from esper_jax import outcomes
 
     env = env_mod.make(cfg.env, cfg.env_config())
@@ -120,7 +117,7 @@ def _grads(params, trajectory, train_state, static: Static):
     return jax.grad(lambda p: loss_fn(p, batch, coef)[0])(params)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _interval_fn(static: Static, num_iterations: int, debug_nans: bool, layout):
     import jax
     import jax.numpy as jnp
@@ -158,7 +155,7 @@ def _interval_fn(static: Static, num_iterations: int, debug_nans: bool, layout):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _eval_fn(static: Static, num_envs: int, num_steps: int, compat: str):
     import jax
     import jax.numpy as jnp
@@ -408,7 +405,7 @@ def train(
             jax.block_until_ready(train_state.params)
             elapsed = time.perf_counter() - t0
             if debug_nans:
-                for name, flags_key, tree in (("gradient", "grad_nonfinite", None), ("parameter", "param_nonfinite", None)):
+                for name, flags_key, _tree in (("gradient", "grad_nonfinite", None), ("parameter", "param_nonfinite", None)):
                     flags = np.asarray(outs[flags_key])  # [n_it, leaves]
                     hits = np.argwhere(flags)
                     if hits.size:

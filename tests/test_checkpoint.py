@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from esper_jax.checkpoint import CheckpointError, Checkpointer
+from esper_jax.checkpoint import Checkpointer, CheckpointError
 
 CONFIG = {"n_envs": 2, "lr": 3e-4, "n_episodes": 8}
 

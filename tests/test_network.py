@@ -10,8 +10,7 @@ import pytest
 from esper_jax import policy as P
 from esper_jax.contracts import HEAD_NAMES, feature_size, head_sizes
 from esper_jax.network import FactoredRecurrentActorCritic, NetworkConfig, param_count
-
-SMALL = NetworkConfig(num_slots=3, feature_dim=64, hidden_dim=64)
+from tests.conftest import NET_3_SLOTS as SMALL
 
 
 def _param_shapes(config):

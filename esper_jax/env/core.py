@@ -84,7 +84,7 @@ class EsperEnv:
     oracle: Oracle
 
     @classmethod
-    def simulator(cls, config: EnvConfig) -> "EsperEnv":
+    def simulator(cls, config: EnvConfig) -> EsperEnv:
         return cls(config=config, oracle=SimulatorOracle.from_config(config))
 
     @property
