@@ -37,7 +37,6 @@ __all__ = [
     "mode",
     "empty_rows",
     "nonfinite_rows",
-    "is_concrete",
     "check_masks",
     "check_logits",
     "VALIDATION_ORDER",

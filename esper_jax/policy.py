@@ -27,6 +27,7 @@ from flax import struct
 from esper_jax import distributions as dist
 from esper_jax.contracts import CANONICAL_STYLE, HEAD_NAMES, NUM_HEADS, NUM_OPS, LifecycleOp, PerHead
 from esper_jax.network import FactoredRecurrentActorCritic, LSTMCarry, NetworkConfig, is_kernel, validate_inputs
+from esper_jax.tracing import is_concrete
 
 __all__ = [
     "ActionOutput",
@@ -178,7 +179,7 @@ def _nonfinite_rows(raw_logits: PerHead) -> jax.Array:
 def _raise_on_flags(out: ActionOutput | Evaluation, effective_masks: PerHead | None) -> None:
     if effective_masks is not None:
         dist.check_masks(effective_masks)
-    if dist.is_concrete(out.nonfinite_error):
+    if is_concrete(out.nonfinite_error):
         bad = np.asarray(out.nonfinite_error)
         if bad.any():
             raise ValueError(
@@ -266,7 +267,7 @@ def get_action(
     _check_mask_shapes(config, masks, lead, "masks")
     _check_carry(config, carry, lead)
     out = get_action_jit(params, config, carry, features, blueprint_indices, masks, key, deterministic)
-    if validate and dist.is_concrete(masks, out.actions.op):
+    if validate and is_concrete(masks, out.actions.op):
         _raise_on_flags(out, masks.replace(style=style_mask_for_op(masks.style, out.actions.op)))
     return out
 
@@ -317,7 +318,7 @@ def _check_actions(config: NetworkConfig, actions: PerHead, lead: tuple[int, ...
             raise ValueError(f"actions.{head} must have shape {lead}, got {shape}")
         if not jnp.issubdtype(jnp.result_type(value_), jnp.integer):
             raise ValueError(f"actions.{head} must be integers, got dtype {jnp.result_type(value_)}")
-        if dist.is_concrete(value_):
+        if is_concrete(value_):
             values = np.asarray(value_)
             if values.size and (values.min() < 0 or values.max() >= sizes[head]):
                 raise ValueError(
@@ -345,7 +346,7 @@ def evaluate_actions(
     _check_actions(config, actions, lead)
     _check_carry(config, carry, lead[:-1])
     out = evaluate_actions_jit(params, config, carry, features, blueprint_indices, actions, masks)
-    if validate and dist.is_concrete(masks, actions.op):
+    if validate and is_concrete(masks, actions.op):
         _raise_on_flags(out, masks.replace(style=style_mask_for_op(masks.style, actions.op)))
     return out
 
@@ -407,7 +408,7 @@ def value(
     _check_carry(config, carry, lead)
     if tuple(np.shape(op)) != lead:
         raise ValueError(f"op must have shape {lead}, got {tuple(np.shape(op))}")
-    if dist.is_concrete(op):
+    if is_concrete(op):
         ops = np.asarray(op)
         if ops.size and (ops.min() < 0 or ops.max() >= NUM_OPS):
             raise ValueError(f"op must lie in [0, {NUM_OPS - 1}], got values in [{ops.min()}, {ops.max()}]")
