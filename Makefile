@@ -22,13 +22,12 @@ $(VENV)/.full: pyproject.toml | $(VENV)/bin/python
 venv: $(VENV)/.full
 
 train: $(VENV)/.core
-	@$(PY) -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('esper_jax.train') is None)" || \
-	  { echo "make train: esper_jax.train is not in this checkout yet (it lands with the trainer issue); nothing was run." >&2; exit 2; }
 	$(PY) -m esper_jax.train
 
-# Two workers, one test file each at a time: the suite is dominated by single-threaded XLA compiles, and files
-# share their compiled functions within a worker.
+# Lint first (seconds; the configuration is in pyproject.toml), then two workers, one test file each at a time: the
+# suite is dominated by single-threaded XLA compiles, and files share their compiled functions within a worker.
 test: $(VENV)/.full
+	$(PY) -m ruff check .
 	$(PY) -m pytest -n 2 --dist loadfile
 
 clean:

@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from bench import common
 

@@ -17,8 +17,9 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import jax
 
@@ -53,7 +54,7 @@ class Options:
         return dict(self.caps).get(bench, self.max_envs)
 
     @classmethod
-    def for_quick(cls, **overrides: Any) -> "Options":
+    def for_quick(cls, **overrides: Any) -> Options:
         # No warm-up: a smoke run checks that everything runs and reports, and AOT compilation already keeps
         # compile time out of the single timed call.
         base = dict(quick=True, warmup=0, reps=1, min_reps=1, budget_s=1.0)

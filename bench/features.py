@@ -17,8 +17,8 @@ from bench import common
 from bench.common import TORCH, Measurement, Options
 from esper_jax import features as features_mod
 from esper_jax import masks as masks_mod
-from esper_jax.contracts import SlotConfig
-from esper_jax.synthetic import random_observation
+from esper_jax.testing import random_observation
+from reference_torch.leyline import SlotConfig as RefSlotConfig
 
 NAME = "features"
 SLOTS = (3, 5, 10, 25)
@@ -53,7 +53,7 @@ def _measure_torch(torch, obs, num_envs: int, num_slots: int, options: Options) 
     from reference_torch.masks import compute_batch_masks, slot_states_from_observation
     from reference_torch.observation import from_observation
 
-    slot_config = SlotConfig.with_num_slots(num_slots)
+    slot_config = RefSlotConfig.for_grid(1, num_slots)
     signals, reports, env_states = from_observation(obs, slot_config)  # conversion: not timed
     slot_states, enabled, total_seeds = slot_states_from_observation(obs, slot_config)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

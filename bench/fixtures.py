@@ -15,9 +15,9 @@ import numpy as np
 
 from bench.common import JAX
 from esper_jax import policy
-from esper_jax.contracts import SlotConfig
 from esper_jax.network import NetworkConfig, param_count
-from esper_jax.synthetic import UpdateBuffer, random_policy_batch
+from esper_jax.testing import UpdateBuffer, random_policy_batch
+from reference_torch.leyline import SlotConfig as RefSlotConfig
 
 NUM_SLOTS = 3
 SEQ_LEN = 150  # upstream's episode length and rollout length
@@ -50,7 +50,7 @@ def torch_network(torch: Any, config: NetworkConfig, seed: int = 0) -> Any:
         feature_dim=config.feature_dim,
         lstm_hidden_dim=config.hidden_dim,
         lstm_layers=config.lstm_layers,
-        slot_config=SlotConfig.with_num_slots(config.num_slots),
+        slot_config=RefSlotConfig.for_grid(1, config.num_slots),
     )
     if torch.cuda.is_available():
         net = net.cuda()

@@ -6,7 +6,7 @@ at [envs × 150], so its effect can be read off directly:
 * ``rollout unroll=k``: ``lax.scan(..., unroll=k)`` of the policy scan (bench code, no library change).
 * ``rollout with lstm_unroll=k``: the LSTM's own (length-1) scan inside each policy step unrolled, patched as below.
 * ``update lstm_unroll=k``: the LSTM recurrence scan unrolled k steps. This patches
-  ``esper_jax.network._lstm_layer`` *in this process only* with its ``unroll`` argument set (the network uses 1).
+  ``esper_jax.lstm._lstm_layer`` *in this process only* with its ``unroll`` argument set (the network uses 1).
 * ``fused heads``: the eight policy heads' first layers run as one [H, 7·H/2 + H] matmul instead of eight small
   ones (a trunk rebuilt here from the same params; the library is untouched), to estimate what a fused-heads
   network would gain. Same function: the weights are concatenated, not changed.
@@ -28,11 +28,12 @@ import jax.numpy as jnp
 from bench import common, fixtures
 from bench import rollout as rollout_bench
 from bench import update as update_bench
+from esper_jax import lstm as lstm_mod
 from esper_jax import network as network_mod
 from esper_jax.contracts import HEAD_NAMES
 
 SEQ_LEN = fixtures.SEQ_LEN
-_ORIGINAL_LSTM_LAYER = network_mod._lstm_layer
+_ORIGINAL_LSTM_LAYER = lstm_mod._lstm_layer
 
 
 def _time(fn, args, kwargs, options):
@@ -53,13 +54,13 @@ def rollout_unroll(num_envs: int, options: common.Options, unrolls=(1, 2, 4, 8))
 
 @contextlib.contextmanager
 def _lstm_unrolled(unroll: int | bool):
-    """Patch ``esper_jax.network._lstm_layer`` with ``unroll`` set, in this process only, for the ``with`` body."""
-    network_mod._lstm_layer = functools.partial(_ORIGINAL_LSTM_LAYER, unroll=unroll)
+    """Patch ``esper_jax.lstm._lstm_layer`` with ``unroll`` set, in this process only, for the ``with`` body."""
+    lstm_mod._lstm_layer = functools.partial(_ORIGINAL_LSTM_LAYER, unroll=unroll)
     jax.clear_caches()  # nested jits (evaluate_actions) would otherwise reuse the unpatched trace
     try:
         yield
     finally:
-        network_mod._lstm_layer = _ORIGINAL_LSTM_LAYER
+        lstm_mod._lstm_layer = _ORIGINAL_LSTM_LAYER
         jax.clear_caches()
 
 

@@ -46,7 +46,8 @@ def device_counts(available: int) -> list[int]:
 
 def _interval(num_envs: int, devices: int):
     """(compiled-interval inputs, jitted interval, network config, params) as the trainer builds them."""
-    from esper_jax import distributed, env as env_pkg, ppo, rollout, train
+    from esper_jax import distributed, ppo, rollout, train
+    from esper_jax import env as env_pkg
 
     env = env_pkg.make("sim")
     config = fixtures.network_config(env.num_slots)

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -39,7 +40,6 @@ __all__ = [
     "AXIS",
     "DistributedError",
     "Layout",
-    "UnwrittenLog",
     "cluster_launch_detected",
     "initialize",
     "make_layout",
@@ -259,20 +259,3 @@ def make_layout(num_envs: int, devices: int | None = None) -> Layout:
         )
     mesh = Mesh(np.asarray(available[:devices]), (AXIS,))
     return Layout(mesh=mesh, num_envs=num_envs)
-
-
-class UnwrittenLog:
-    """The metrics log of a process other than 0 in a multi-host run: keeps the records, writes nothing (process
-    0's ``telemetry.MetricsLog`` writes the run's one metrics.jsonl and TensorBoard files)."""
-
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def append(self, record: dict[str, Any], timing: Mapping[str, float] | None = None) -> None:
-        self.records.append(record)
-
-    def add_scalars(self, prefix: str, values: Mapping[str, Any], step: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from esper_jax.contracts import HEAD_NAMES, MASKED_LOGIT_VALUE, PerHead
+from esper_jax.tracing import is_concrete
 
 # Fill of the padding columns of stacked heads: far enough below MASKED_LOGIT_VALUE that exp(PADDED - masked)
 # underflows to exactly 0 in float32 and float64 (exp(-2e4)), so an all-masked row still spreads its mass over
@@ -31,13 +32,11 @@ __all__ = [
     "entropy",
     "masked_entropy",
     "stack_heads",
-    "unstack_heads",
     "PADDED_LOGIT_VALUE",
     "sample",
     "mode",
     "empty_rows",
     "nonfinite_rows",
-    "is_concrete",
     "check_masks",
     "check_logits",
     "VALIDATION_ORDER",
@@ -133,11 +132,6 @@ def stack_heads(values: PerHead, fill: Any) -> jax.Array:
     return jnp.stack([pad(leaf) for leaf in leaves], axis=-2)
 
 
-def unstack_heads(stacked: jax.Array) -> PerHead:
-    """``[..., 8]`` (HEAD_NAMES order on the last axis) → PerHead of ``[...]``."""
-    return PerHead(**{h: stacked[..., i] for i, h in enumerate(HEAD_NAMES)})
-
-
 def empty_rows(mask: jax.Array) -> jax.Array:
     """True where a row has no valid action (usable inside jit)."""
     return ~jnp.any(mask, axis=-1)
@@ -146,11 +140,6 @@ def empty_rows(mask: jax.Array) -> jax.Array:
 def nonfinite_rows(logits: jax.Array) -> jax.Array:
     """True where a row of logits holds NaN or +-inf (usable inside jit)."""
     return ~jnp.all(jnp.isfinite(logits), axis=-1)
-
-
-def is_concrete(*arrays: Any) -> bool:
-    """Whether every array holds values (not a tracer), so a host-side check can look at them."""
-    return not any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(arrays))
 
 
 def check_masks(masks: PerHead) -> None:

@@ -27,6 +27,7 @@ from flax import struct
 from esper_jax import distributions as dist
 from esper_jax.contracts import CANONICAL_STYLE, HEAD_NAMES, NUM_HEADS, NUM_OPS, LifecycleOp, PerHead
 from esper_jax.network import FactoredRecurrentActorCritic, LSTMCarry, NetworkConfig, is_kernel, validate_inputs
+from esper_jax.tracing import is_concrete
 
 __all__ = [
     "ActionOutput",
@@ -171,10 +172,6 @@ def _stacked_heads(env_masked: PerHead, effective: PerHead) -> tuple[jax.Array, 
     return dist.stack_heads(masked, dist.PADDED_LOGIT_VALUE), dist.stack_heads(effective, False)
 
 
-def _stack_actions(actions: PerHead) -> jax.Array:
-    return jnp.stack([getattr(actions, h) for h in HEAD_NAMES], axis=-1)
-
-
 def _nonfinite_rows(raw_logits: PerHead) -> jax.Array:
     return jnp.any(dist.nonfinite_rows(dist.stack_heads(raw_logits, 0.0)), axis=-1)
 
@@ -182,7 +179,7 @@ def _nonfinite_rows(raw_logits: PerHead) -> jax.Array:
 def _raise_on_flags(out: ActionOutput | Evaluation, effective_masks: PerHead | None) -> None:
     if effective_masks is not None:
         dist.check_masks(effective_masks)
-    if dist.is_concrete(out.nonfinite_error):
+    if is_concrete(out.nonfinite_error):
         bad = np.asarray(out.nonfinite_error)
         if bad.any():
             raise ValueError(
@@ -229,8 +226,8 @@ def _get_action_impl(
     stacked, stacked_mask = _stacked_heads(logits, effective)
     scores = stacked if noise is None else stacked + noise
     chosen = jnp.argmax(scores, axis=-1).astype(jnp.int32)  # [..., 8]; the op row repeats the op drawn above
-    actions = dist.unstack_heads(chosen).replace(op=op)
-    log_probs = dist.unstack_heads(dist.masked_log_prob(stacked, _stack_actions(actions)))
+    actions = PerHead.unstack(chosen, axis=-1).replace(op=op)
+    log_probs = PerHead.unstack(dist.masked_log_prob(stacked, actions.stack(axis=-1)), axis=-1)
     q = net.apply({"params": params}, lstm_out, op, method=net.q_value)
     return ActionOutput(
         actions=actions,
@@ -270,7 +267,7 @@ def get_action(
     _check_mask_shapes(config, masks, lead, "masks")
     _check_carry(config, carry, lead)
     out = get_action_jit(params, config, carry, features, blueprint_indices, masks, key, deterministic)
-    if validate and dist.is_concrete(masks, out.actions.op):
+    if validate and is_concrete(masks, out.actions.op):
         _raise_on_flags(out, masks.replace(style=style_mask_for_op(masks.style, out.actions.op)))
     return out
 
@@ -297,8 +294,8 @@ def _evaluate_actions_impl(
     stacked, stacked_mask = _stacked_heads(logits, effective)
     q = net.apply({"params": params}, out.lstm_out, actions.op, method=net.q_value)
     return Evaluation(
-        log_probs=dist.unstack_heads(dist.masked_log_prob(stacked, _stack_actions(actions))),
-        entropies=dist.unstack_heads(dist.masked_entropy(stacked, stacked_mask)),
+        log_probs=PerHead.unstack(dist.masked_log_prob(stacked, actions.stack(axis=-1)), axis=-1),
+        entropies=PerHead.unstack(dist.masked_entropy(stacked, stacked_mask), axis=-1),
         value=q,
         carry=out.carry,
         mask_error=jnp.any(dist.empty_rows(stacked_mask), axis=-1),
@@ -321,7 +318,7 @@ def _check_actions(config: NetworkConfig, actions: PerHead, lead: tuple[int, ...
             raise ValueError(f"actions.{head} must have shape {lead}, got {shape}")
         if not jnp.issubdtype(jnp.result_type(value_), jnp.integer):
             raise ValueError(f"actions.{head} must be integers, got dtype {jnp.result_type(value_)}")
-        if dist.is_concrete(value_):
+        if is_concrete(value_):
             values = np.asarray(value_)
             if values.size and (values.min() < 0 or values.max() >= sizes[head]):
                 raise ValueError(
@@ -349,7 +346,7 @@ def evaluate_actions(
     _check_actions(config, actions, lead)
     _check_carry(config, carry, lead[:-1])
     out = evaluate_actions_jit(params, config, carry, features, blueprint_indices, actions, masks)
-    if validate and dist.is_concrete(masks, actions.op):
+    if validate and is_concrete(masks, actions.op):
         _raise_on_flags(out, masks.replace(style=style_mask_for_op(masks.style, actions.op)))
     return out
 
@@ -411,7 +408,7 @@ def value(
     _check_carry(config, carry, lead)
     if tuple(np.shape(op)) != lead:
         raise ValueError(f"op must have shape {lead}, got {tuple(np.shape(op))}")
-    if dist.is_concrete(op):
+    if is_concrete(op):
         ops = np.asarray(op)
         if ops.size and (ops.min() < 0 or ops.max() >= NUM_OPS):
             raise ValueError(f"op must lie in [0, {NUM_OPS - 1}], got values in [{ops.min()}, {ops.max()}]")

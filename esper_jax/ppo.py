@@ -1,6 +1,10 @@
 """Recurrent factored PPO (simic ``PPOAgent.update`` at esper-lite 0872525b, ppo.md §4–§6), as one jit-compiled
 ``update`` over a ``Trajectory``.
 
+The update's parts live in role-named modules, all re-exported here: ``advantages`` (GAE, advantage
+normalisation, explained variance, Trajectory → Batch) and ``ppo_loss`` (Batch, LossInfo, the factored loss and the
+entropy schedule); this module holds the config, the train state and the update loop.
+
 Algorithm (defaults reduce exactly to upstream's single full-batch step):
 
 1. Observation normaliser: EMA-updated once from the batch's raw states (upstream does this in
@@ -46,10 +50,11 @@ import numpy as np
 import optax
 from flax import struct
 
-from esper_jax import normalization
-from esper_jax import policy
-from esper_jax.contracts import CAUSAL_RELEVANCE, DEFAULT_COMPAT, HEAD_NAMES, Compat, PerHead, check_compat
-from esper_jax.network import LSTMCarry, NetworkConfig
+from esper_jax import normalization, policy
+from esper_jax.advantages import explained_variance, gae, normalize_advantages, prepare_batch
+from esper_jax.contracts import DEFAULT_COMPAT, HEAD_NAMES, Compat, PerHead, check_compat
+from esper_jax.network import NetworkConfig
+from esper_jax.ppo_loss import Batch, LossInfo, compute_loss, entropy_coefficient, factored_loss
 from esper_jax.rollout import Trajectory
 
 __all__ = [
@@ -63,7 +68,6 @@ __all__ = [
     "normalize_advantages",
     "explained_variance",
     "entropy_coefficient",
-    "causal_masks",
     "factored_loss",
     "compute_loss",
     "prepare_batch",
@@ -72,10 +76,6 @@ __all__ = [
     "create_train_state",
     "update",
 ]
-
-LOG_RATIO_CLAMP = 20.0  # exp(±20) keeps a ratio finite for any log-prob gap
-ADVANTAGE_EPS = 1e-8
-EXPLAINED_VARIANCE_FLOOR = 1e-8
 
 ENTROPY_COEF_PER_HEAD: dict[str, float] = {
     "op": 1.0,
@@ -197,275 +197,6 @@ class PPOConfig:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Advantages
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@struct.dataclass
-class _GaeStep:
-    reward: jax.Array
-    value: jax.Array
-    next_value: jax.Array
-    next_non_terminal: jax.Array
-    terminal: jax.Array
-    in_range: jax.Array
-
-
-def _gae_one_env(
-    rewards: jax.Array,
-    values: jax.Array,
-    dones: jax.Array,
-    truncated: jax.Array,
-    bootstrap_values: jax.Array,
-    length: jax.Array,
-    gamma: float,
-    gae_lambda: float,
-) -> tuple[jax.Array, jax.Array]:
-    num_steps = rewards.shape[0]
-    t = jnp.arange(num_steps)
-    is_last = t == length - 1
-    terminal = dones & ~truncated
-    shifted_values = jnp.concatenate([values[1:], jnp.zeros((1,), values.dtype)])
-    next_value = jnp.where(is_last, jnp.where(truncated, bootstrap_values, 0.0), shifted_values)
-    # Last valid step: a truncation always bootstraps (nnt 1); otherwise a done ends the return.
-    next_non_terminal = jnp.where(
-        is_last,
-        jnp.where(truncated, 1.0, 1.0 - dones.astype(jnp.float32)),
-        1.0 - terminal.astype(jnp.float32),
-    )
-    gamma_lambda = gamma * gae_lambda  # folded in Python double, then float32 — as torch does with two floats
-
-    def step(last_gae: jax.Array, x: _GaeStep) -> tuple[jax.Array, jax.Array]:
-        last_gae = jnp.where(x.terminal, 0.0, last_gae)
-        delta = x.reward + gamma * x.next_value * x.next_non_terminal - x.value
-        advantage = delta + gamma_lambda * x.next_non_terminal * last_gae
-        advantage = jnp.where(x.in_range, advantage, 0.0)
-        return advantage, advantage
-
-    xs = _GaeStep(
-        reward=rewards,
-        value=values,
-        next_value=next_value,
-        next_non_terminal=next_non_terminal,
-        terminal=terminal,
-        in_range=t < length,
-    )
-    _, advantages = jax.lax.scan(step, jnp.zeros((), jnp.float32), xs, reverse=True)
-    returns = jnp.where(t < length, advantages + values, 0.0)
-    return advantages, returns
-
-
-def gae(
-    rewards: jax.Array,
-    values: jax.Array,
-    dones: jax.Array,
-    truncated: jax.Array,
-    bootstrap_values: jax.Array,
-    *,
-    gamma: float,
-    gae_lambda: float,
-    lengths: jax.Array | None = None,
-) -> tuple[jax.Array, jax.Array]:
-    """Per-env GAE exactly as ppo.md §4. Inputs ``[E, T]`` (env-major), ``lengths [E]`` valid steps per env
-    (default T). Returns (advantages, returns) ``[E, T]`` float32, 0 beyond each env's length. No mixing
-    across envs: each row is its own backwards scan."""
-    rewards = jnp.asarray(rewards, jnp.float32)
-    values = jnp.asarray(values, jnp.float32)
-    bootstrap_values = jnp.asarray(bootstrap_values, jnp.float32)
-    dones = jnp.asarray(dones, jnp.bool_)
-    truncated = jnp.asarray(truncated, jnp.bool_)
-    if lengths is None:
-        lengths = jnp.full(rewards.shape[:1], rewards.shape[1], jnp.int32)
-    fn = functools.partial(_gae_one_env, gamma=gamma, gae_lambda=gae_lambda)
-    return jax.vmap(fn)(rewards, values, dones, truncated, bootstrap_values, jnp.asarray(lengths, jnp.int32))
-
-
-def normalize_advantages(advantages: jax.Array, valid: jax.Array | None = None) -> jax.Array:
-    """(A − mean)/(std + 1e-8) with the mean and *population* std over valid entries; invalid entries → 0."""
-    advantages = jnp.asarray(advantages, jnp.float32)
-    valid = jnp.ones(advantages.shape, jnp.bool_) if valid is None else jnp.asarray(valid, jnp.bool_)
-    n = jnp.maximum(jnp.sum(valid), 1).astype(jnp.float32)
-    mean = jnp.sum(jnp.where(valid, advantages, 0.0)) / n
-    var = jnp.sum(jnp.where(valid, jnp.square(advantages - mean), 0.0)) / n
-    return jnp.where(valid, (advantages - mean) / (jnp.sqrt(var) + ADVANTAGE_EPS), 0.0)
-
-
-def explained_variance(values: jax.Array, returns: jax.Array, valid: jax.Array) -> jax.Array:
-    """1 − Var(R − V)/Var(R) over valid entries with unbiased variances; 0 when Var(R) ≤ 1e-8 (upstream)."""
-    n = jnp.sum(valid).astype(jnp.float32)
-
-    def unbiased_var(x: jax.Array) -> jax.Array:
-        mean = jnp.sum(jnp.where(valid, x, 0.0)) / jnp.maximum(n, 1.0)
-        return jnp.sum(jnp.where(valid, jnp.square(x - mean), 0.0)) / jnp.maximum(n - 1.0, 1.0)
-
-    var_returns = unbiased_var(returns)
-    ev = 1.0 - unbiased_var(returns - values) / jnp.maximum(var_returns, EXPLAINED_VARIANCE_FLOOR)
-    return jnp.where(var_returns > EXPLAINED_VARIANCE_FLOOR, ev, 0.0)
-
-
-def entropy_coefficient(config: PPOConfig, train_steps: jax.Array | int) -> jax.Array:
-    """The scalar entropy coefficient for the update with this ``train_steps`` (ppo.md §6)."""
-    floor = config.entropy_coef_min
-    if config.entropy_anneal_steps == 0:
-        return jnp.asarray(max(config.entropy_coef, floor), jnp.float32)
-    start = config.entropy_coef if config.entropy_coef_start is None else config.entropy_coef_start
-    end = config.entropy_coef if config.entropy_coef_end is None else config.entropy_coef_end
-    progress = jnp.minimum(1.0, jnp.asarray(train_steps, jnp.float32) / config.entropy_anneal_steps)
-    return jnp.maximum(start + progress * (end - start), floor).astype(jnp.float32)
-
-
-def causal_masks(op: jax.Array) -> PerHead:
-    """Which heads mattered for each stored op: CAUSAL_RELEVANCE rows (op head always True)."""
-    table = jnp.asarray(CAUSAL_RELEVANCE)  # [op, head]
-    rows = table[jnp.asarray(op, jnp.int32)]  # [..., head]
-    return PerHead(**{h: rows[..., i] for i, h in enumerate(HEAD_NAMES)})
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Loss
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@struct.dataclass
-class Batch:
-    """Env-major update data ``[B, T, ...]`` (B envs of this minibatch); ``initial_carry [B, L, H]``."""
-
-    features: jax.Array
-    blueprint_indices: jax.Array
-    actions: PerHead
-    log_probs: PerHead  # old (rollout) log-probs
-    masks: PerHead
-    values: jax.Array  # old values Q(s, op) at rollout
-    returns: jax.Array
-    advantages: jax.Array  # normalised
-    valid: jax.Array
-    initial_carry: LSTMCarry
-
-
-@struct.dataclass
-class LossInfo:
-    """Loss terms and diagnostics of one forward pass (scalars unless noted)."""
-
-    loss: jax.Array
-    policy_loss: jax.Array  # Σ over heads
-    policy_loss_per_head: PerHead
-    value_loss: jax.Array
-    entropy: jax.Array  # −L_H: Σ_h c_h · masked-mean normalised entropy (upstream's "entropy" metric)
-    entropy_per_head: PerHead  # masked-mean normalised entropy, unweighted
-    approx_kl: jax.Array
-    clip_fraction: jax.Array
-    clip_fraction_positive: jax.Array
-    clip_fraction_negative: jax.Array
-    ratio_mean: jax.Array  # op head
-    ratio_max: jax.Array
-    ratio_min: jax.Array
-    mask_error: jax.Array  # bool: an empty mask row was evaluated (upstream would raise)
-
-
-def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
-    m = mask.astype(x.dtype)
-    return jnp.sum(x * m) / jnp.maximum(jnp.sum(m), 1.0)
-
-
-def factored_loss(
-    new_log_probs: PerHead,
-    entropies: PerHead,
-    new_values: jax.Array,
-    batch: Batch,
-    entropy_coef: jax.Array,
-    config: PPOConfig,
-) -> LossInfo:
-    """The factored PPO loss of ppo.md §5 from the current policy's per-head log-probs, normalised entropies and
-    Q(s, stored op) (all ``[B, T]``). Pure; invalid (padded) steps are excluded everywhere."""
-    # Heads are stacked on a leading axis [8, B, T] and handled by one set of array ops: the same maths as a loop
-    # over heads, but a fraction of the compiled program (and of its compile time).
-    stack = lambda tree: jnp.stack([getattr(tree, h) for h in HEAD_NAMES])  # noqa: E731
-    unstack = lambda x: PerHead(**{h: x[i] for i, h in enumerate(HEAD_NAMES)})  # noqa: E731
-    valid = batch.valid
-    masks = stack(causal_masks(batch.actions.op)) & valid  # [8, B, T]
-    m = masks.astype(jnp.float32)
-    reduce_axes = tuple(range(1, m.ndim))
-    denominators = jnp.maximum(jnp.sum(m, axis=reduce_axes), 1.0)  # [8]: max(ΣM_h, 1)
-    masked_mean = lambda x: jnp.sum(x * m, axis=reduce_axes) / denominators  # noqa: E731
-    n_valid = jnp.sum(valid).astype(jnp.float32)
-    eps = config.clip_ratio
-
-    new_lp, old_lp = stack(new_log_probs), stack(batch.log_probs)
-    advantages = batch.advantages[None] * m
-    ratio = jnp.exp(jnp.clip(new_lp - old_lp, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
-    surrogate = jnp.minimum(ratio * advantages, jnp.clip(ratio, 1.0 - eps, 1.0 + eps) * advantages)
-    head_policy = -masked_mean(surrogate)  # [8]
-    policy_loss = jnp.sum(head_policy)
-
-    if config.clip_value:
-        clipped = batch.values + jnp.clip(new_values - batch.values, -config.value_clip, config.value_clip)
-        per_step = jnp.maximum(jnp.square(new_values - batch.returns), jnp.square(clipped - batch.returns))
-        value_loss = 0.5 * _masked_mean(per_step, valid)
-    else:
-        value_loss = _masked_mean(jnp.square(new_values - batch.returns), valid)
-
-    head_entropy = masked_mean(stack(entropies))  # [8]
-    coefs = jnp.asarray([config.head_entropy_coefs[h] for h in HEAD_NAMES], jnp.float32)
-    weighted_entropy = jnp.sum(coefs * head_entropy)
-    loss = policy_loss + config.value_coef * value_loss - entropy_coef * weighted_entropy
-
-    # KL3 per head on unclamped log-ratios, weighted by each head's share of relevant steps; no gradient.
-    d = jax.lax.stop_gradient(new_lp) - old_lp
-    head_kl = masked_mean(jnp.exp(d) - 1.0 - d)
-    weights = denominators / jnp.maximum(n_valid, 1.0)
-    approx_kl = jnp.sum(weights * head_kl) / jnp.sum(weights)
-    per_head_policy = unstack(head_policy)
-    entropy_per_head = unstack(head_entropy)
-
-    op_ratio = jnp.exp(
-        jnp.clip(jax.lax.stop_gradient(new_log_probs.op) - batch.log_probs.op, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-    )
-    big = jnp.finfo(jnp.float32).max
-    return LossInfo(
-        loss=loss,
-        policy_loss=policy_loss,
-        policy_loss_per_head=per_head_policy,
-        value_loss=value_loss,
-        entropy=weighted_entropy,
-        entropy_per_head=entropy_per_head,
-        approx_kl=approx_kl,
-        clip_fraction=_masked_mean((jnp.abs(op_ratio - 1.0) > eps).astype(jnp.float32), valid),
-        clip_fraction_positive=_masked_mean((op_ratio > 1.0 + eps).astype(jnp.float32), valid),
-        clip_fraction_negative=_masked_mean((op_ratio < 1.0 - eps).astype(jnp.float32), valid),
-        ratio_mean=_masked_mean(op_ratio, valid),
-        ratio_max=jnp.max(jnp.where(valid, op_ratio, -big)),
-        ratio_min=jnp.min(jnp.where(valid, op_ratio, big)),
-        mask_error=jnp.asarray(False),
-    )
-
-
-def compute_loss(
-    params: Any,
-    batch: Batch,
-    entropy_coef: jax.Array,
-    *,
-    config: PPOConfig,
-    network_config: NetworkConfig,
-) -> tuple[jax.Array, LossInfo]:
-    """Evaluate the stored actions with ``params`` and return (loss, LossInfo); differentiable in ``params``."""
-    evaluation = policy.evaluate_actions(
-        params,
-        network_config,
-        batch.initial_carry,
-        batch.features,
-        batch.blueprint_indices,
-        batch.actions,
-        batch.masks,
-        validate=False,
-    )
-    info = factored_loss(
-        evaluation.log_probs, evaluation.entropies, evaluation.value, batch, entropy_coef, config
-    )
-    info = info.replace(mask_error=jnp.any(evaluation.mask_error & batch.valid))
-    return info.loss, info
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Train state and update
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -479,24 +210,13 @@ class TrainState:
 
 
 @struct.dataclass
-class UpdateMetrics:
-    """Per-update metrics. Loss terms and grad norm average over the steps actually applied and are NaN when
-    early stopping applied none (upstream then reports no loss keys); KL, clip fractions and ratios average over
-    every evaluated minibatch, including the one that triggered the stop."""
+class UpdateMetrics(LossInfo):
+    """Per-update metrics: the ``LossInfo`` fields averaged over the update's steps, plus the update's own.
 
-    policy_loss: jax.Array
-    policy_loss_per_head: PerHead
-    value_loss: jax.Array
-    entropy: jax.Array
-    entropy_per_head: PerHead
-    loss: jax.Array
-    approx_kl: jax.Array
-    clip_fraction: jax.Array
-    clip_fraction_positive: jax.Array
-    clip_fraction_negative: jax.Array
-    ratio_mean: jax.Array
-    ratio_max: jax.Array
-    ratio_min: jax.Array
+    Loss terms and grad norm average over the steps actually applied and are NaN when early stopping applied none
+    (upstream then reports no loss keys); KL, clip fractions and ratios average over every evaluated minibatch,
+    including the one that triggered the stop; ``mask_error`` is any evaluated minibatch's."""
+
     explained_variance: jax.Array
     grad_norm: jax.Array  # global norm before clipping
     early_stopped: jax.Array  # bool
@@ -504,7 +224,6 @@ class UpdateMetrics:
     entropy_coef: jax.Array
     advantage_mean: jax.Array  # raw (pre-normalisation) advantages
     advantage_std: jax.Array
-    mask_error: jax.Array  # bool
 
 
 def make_optimizer(config: PPOConfig) -> optax.GradientTransformation:
@@ -528,38 +247,6 @@ def create_train_state(key: jax.Array, config: PPOConfig, network_config: Networ
         obs_stats=normalization.init(network_config.state_dim),
         train_steps=jnp.zeros((), jnp.int32),
     )
-
-
-def prepare_batch(trajectory: Trajectory, config: PPOConfig) -> tuple[Batch, jax.Array]:
-    """Trajectory ``[T, E]`` → env-major ``Batch [E, T]`` with GAE and normalised advantages; also returns the
-    raw advantages (for metrics)."""
-    env_major = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
-    valid = env_major(trajectory.valid)
-    lengths = jnp.sum(valid, axis=1, dtype=jnp.int32)
-    values = env_major(trajectory.value)
-    advantages, returns = gae(
-        env_major(trajectory.reward),
-        values,
-        env_major(trajectory.done),
-        env_major(trajectory.truncated),
-        env_major(trajectory.bootstrap_value),
-        gamma=config.gamma,
-        gae_lambda=config.gae_lambda,
-        lengths=lengths,
-    )
-    batch = Batch(
-        features=env_major(trajectory.features),
-        blueprint_indices=env_major(trajectory.blueprint_indices),
-        actions=jax.tree.map(env_major, trajectory.actions),
-        log_probs=jax.tree.map(env_major, trajectory.log_probs),
-        masks=jax.tree.map(env_major, trajectory.masks),
-        values=values,
-        returns=returns,
-        advantages=normalize_advantages(advantages, valid),
-        valid=valid,
-        initial_carry=trajectory.initial_carry,
-    )
-    return batch, advantages
 
 
 def minibatch_order(key: jax.Array, num_envs: int, config: PPOConfig) -> jax.Array:

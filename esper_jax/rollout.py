@@ -1,7 +1,7 @@
 """Compiled rollout collection: ``lax.scan`` over env steps → a ``Trajectory`` pytree ``[T, E, ...]``.
 
 The rollout mirrors simic's collection loop at esper-lite 0872525b (ppo.md §3) with the environment behind a small
-functional interface (``Environment``), written for ONE env and vmapped here over the env axis:
+functional interface (``esper_jax.env.interface.Environment``, re-exported here), written for ONE env and vmapped here over the env axis:
 
 * ``env.reset(key) -> (state, Observation)``
 * ``env.step(state, actions: PerHead[int32 scalar], key) -> StepOutput(state, obs, reward, done, truncated, info)``
@@ -39,7 +39,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Optional, Protocol
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,9 +48,9 @@ from flax import struct
 
 from esper_jax import features as features_mod
 from esper_jax import masks as masks_mod
-from esper_jax import normalization
-from esper_jax import policy
+from esper_jax import normalization, policy
 from esper_jax.contracts import DEFAULT_COMPAT, NUM_OPS, Compat, PerHead, check_compat
+from esper_jax.env.interface import Environment, StepOutput
 from esper_jax.masks import MaskConfig
 from esper_jax.network import LSTMCarry, NetworkConfig
 from esper_jax.observation import Observation
@@ -66,26 +67,6 @@ __all__ = [
 ]
 
 
-@struct.dataclass
-class StepOutput:
-    """What ``Environment.step`` returns for ONE env (no batch axes; the rollout vmaps)."""
-
-    state: Any  # next env state (a pytree), NOT reset when done
-    obs: Observation  # post-step observation, NOT the reset one
-    reward: jax.Array  # float32 scalar, raw (before reward normalisation)
-    done: jax.Array  # bool scalar: the episode ended here (time limit included)
-    truncated: jax.Array  # bool scalar: it ended by the time limit (then done is True too)
-    info: Any = struct.field(default_factory=dict)  # any pytree of per-env diagnostics; see RolloutConfig.info_totals
-
-
-class Environment(Protocol):
-    """The functional env interface the rollout drives. Written per env, pure, traceable."""
-
-    def reset(self, key: jax.Array) -> tuple[Any, Observation]: ...
-
-    def step(self, state: Any, actions: PerHead, key: jax.Array) -> StepOutput: ...
-
-
 @dataclasses.dataclass(frozen=True)
 class RolloutConfig:
     """Static rollout settings (hashable: a jit static argument)."""
@@ -96,7 +77,7 @@ class RolloutConfig:
     normalize_rewards: bool = True
     # ONE env-step's info → additive pytree (summed over envs and steps inside collect). A module-level function,
     # so the config stays hashable and the compile cache keys on it.
-    info_totals: Optional[Callable[[Any], Any]] = None
+    info_totals: Callable[[Any], Any] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 1:

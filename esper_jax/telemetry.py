@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +21,7 @@ __all__ = [
     "RewardComponentsTelemetry",
     "ENV_COMPONENT_TO_TELEMETRY",
     "MetricsLog",
+    "UnwrittenLog",
     "find_nonfinite_leaf",
     "leaf_paths",
     "plot_learning_curves",
@@ -31,9 +33,9 @@ class RewardComponentsTelemetry:
     """Reward breakdown of one step (or a mean over steps). Defaults as upstream (ppo.md §7.7)."""
 
     base_acc_delta: float = 0.0  # unused upstream
-    seed_contribution: Optional[float] = None
-    bounded_attribution: Optional[float] = None
-    progress_since_germination: Optional[float] = None
+    seed_contribution: float | None = None
+    bounded_attribution: float | None = None
+    progress_since_germination: float | None = None
     attribution_discount: float = 1.0
     ratio_penalty: float = 0.0
     compute_rent: float = 0.0  # stored negative
@@ -51,11 +53,11 @@ class RewardComponentsTelemetry:
     num_contributing_fossilized: int = 0
     action_name: str = ""
     action_success: bool = True
-    seed_stage: Optional[int] = None
+    seed_stage: int | None = None
     epoch: int = 0
     val_acc: float = 0.0
-    acc_at_germination: Optional[float] = None
-    host_baseline_acc: Optional[float] = None
+    acc_at_germination: float | None = None
+    host_baseline_acc: float | None = None
     growth_ratio: float = 0.0
     total_reward: float = 0.0
 
@@ -106,12 +108,12 @@ class RewardComponentsTelemetry:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "RewardComponentsTelemetry":
+    def from_dict(cls, data: Mapping[str, Any]) -> RewardComponentsTelemetry:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
     @classmethod
-    def from_env_components(cls, components: Mapping[str, float], **extra: Any) -> "RewardComponentsTelemetry":
+    def from_env_components(cls, components: Mapping[str, float], **extra: Any) -> RewardComponentsTelemetry:
         """Map ``esper_jax.env.RewardComponents`` values (per step or averaged) onto upstream's names."""
         kwargs: dict[str, Any] = {ENV_COMPONENT_TO_TELEMETRY[k]: float(v) for k, v in components.items()}
         kwargs["total_reward"] = float(sum(float(v) for v in components.values()))
@@ -206,6 +208,23 @@ class MetricsLog:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+class UnwrittenLog:
+    """The metrics log of a process other than 0 in a multi-host run: keeps the records, writes nothing (process
+    0's ``MetricsLog`` writes the run's one metrics.jsonl and TensorBoard files)."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def append(self, record: dict[str, Any], timing: Mapping[str, float] | None = None) -> None:
+        self.records.append(record)
+
+    def add_scalars(self, prefix: str, values: Mapping[str, Any], step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -25,12 +25,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
-import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any
 
 from esper_jax.config import PRESETS, ConfigError, DistributedConfig, TrainingConfig, to_dict
 from esper_jax.config.cli import Preset, Sources
@@ -50,11 +48,11 @@ class Args:
     """The preset and its overrides (tyro subcommands; ``default`` is implied)."""
     distributed: Annotated[DistributedConfig, __import__("tyro").conf.arg(name="")] = DistributedConfig()
     sources: Annotated[Sources, __import__("tyro").conf.arg(name="")] = Sources()
-    out: Optional[Path] = None
+    out: Path | None = None
     """Run directory (default runs/<preset>-seed<seed>-<time>). Must not already hold checkpoints."""
     debug_nans: bool = False
     """After every update, find the first parameter or gradient leaf with NaN/Inf and stop naming its path."""
-    max_intervals: Optional[int] = None
+    max_intervals: int | None = None
     """Stop (with a checkpoint) after this many intervals in this invocation; resume later with --resume."""
 
     @property
@@ -66,7 +64,7 @@ class Args:
         return self.train.train
 
     @property
-    def resume(self) -> Optional[Path]:
+    def resume(self) -> Path | None:
         return self.sources.resume
 
 
@@ -85,7 +83,6 @@ class Static:
 
 def build_static(cfg: TrainingConfig) -> Static:
     from esper_jax import env as env_mod
-
     from esper_jax import outcomes
 
     env = env_mod.make(cfg.env_kind, cfg.env)
@@ -130,7 +127,7 @@ def _grads(params, trajectory, train_state, static: Static):
     return jax.grad(lambda p: loss_fn(p, batch, coef)[0])(params)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _interval_fn(static: Static, num_iterations: int, debug_nans: bool, layout):
     import jax
     import jax.numpy as jnp
@@ -168,7 +165,7 @@ def _interval_fn(static: Static, num_iterations: int, debug_nans: bool, layout):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _eval_fn(static: Static, num_envs: int, num_steps: int, compat: str):
     import jax
     import jax.numpy as jnp
@@ -387,7 +384,7 @@ def train(
     counters = {k: int(np.asarray(v)) for k, v in state["counters"].items()}
     tele = cfg.telemetry
     log = telemetry.MetricsLog(run_dir, tensorboard=tele.tensorboard and tele.level != "off",
-                               keep_intervals=counters["interval"]) if layout.is_primary else dist.UnwrittenLog()
+                               keep_intervals=counters["interval"]) if layout.is_primary else telemetry.UnwrittenLog()
     plots = tele.plots and tele.level != "off" and layout.is_primary
     steps_per_iteration = cfg.n_envs * cfg.episode_length
     total_steps = cfg.num_iterations * steps_per_iteration
@@ -418,7 +415,7 @@ def train(
             jax.block_until_ready(train_state.params)
             elapsed = time.perf_counter() - t0
             if debug_nans:
-                for name, flags_key, tree in (("gradient", "grad_nonfinite", None), ("parameter", "param_nonfinite", None)):
+                for name, flags_key, _tree in (("gradient", "grad_nonfinite", None), ("parameter", "param_nonfinite", None)):
                     flags = np.asarray(outs[flags_key])  # [n_it, leaves]
                     hits = np.argwhere(flags)
                     if hits.size:

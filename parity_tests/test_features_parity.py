@@ -13,11 +13,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from esper_jax.contracts import COMPAT_MODES, SeedStage, SlotConfig  # noqa: E402
+from esper_jax.contracts import COMPAT_MODES, SeedStage  # noqa: E402
 from esper_jax.features import extract  # noqa: E402
 from esper_jax.observation import Observation  # noqa: E402
-from esper_jax.synthetic import random_observation  # noqa: E402
+from esper_jax.testing import random_observation  # noqa: E402
 from reference_torch.features import batch_obs_to_features  # noqa: E402
+from reference_torch.leyline import SlotConfig as RefSlotConfig  # noqa: E402
 from reference_torch.observation import InvalidStage, from_observation  # noqa: E402
 
 SLOT_COUNTS = (1, 3, 5, 25)
@@ -26,7 +27,7 @@ FEATURE_TOL = 1e-6
 
 
 def _reference(obs: Observation, num_slots: int, compat: str) -> tuple[np.ndarray, np.ndarray]:
-    config = SlotConfig.with_num_slots(num_slots)
+    config = RefSlotConfig.for_grid(1, num_slots)
     features, indices = batch_obs_to_features(*from_observation(obs, config), config, "cpu", compat=compat)
     assert features.dtype == torch.float32 and indices.dtype == torch.int64
     return features.numpy(), indices.numpy()
@@ -94,7 +95,7 @@ def test_features_match_reference_on_edge_values(compat):
         accuracy_history=obs.signals.accuracy_history.at[1, :3].set(0.0),
     )
     obs = obs.replace(signals=signals, slots=slots)
-    batch_signals, batch_reports, _ = from_observation(obs, SlotConfig.with_num_slots(num_slots))
+    batch_signals, batch_reports, _ = from_observation(obs, RefSlotConfig.for_grid(1, num_slots))
     assert isinstance(batch_reports[1]["r0c0"].stage, InvalidStage)
     assert batch_reports[0]["r0c4"].metrics.counterfactual_contribution is None
     assert batch_reports[0]["r0c3"].telemetry is None

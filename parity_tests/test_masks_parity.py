@@ -10,10 +10,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from esper_jax import masks  # noqa: E402
-from esper_jax.contracts import HEAD_NAMES, AlphaMode, LifecycleOp, SlotConfig  # noqa: E402
+from esper_jax.contracts import HEAD_NAMES, AlphaMode, LifecycleOp  # noqa: E402
 from esper_jax.observation import Observation  # noqa: E402
-from esper_jax.synthetic import random_observation  # noqa: E402
+from esper_jax.testing import random_observation  # noqa: E402
 from reference_torch import masks as ref  # noqa: E402
+from reference_torch.leyline import SlotConfig as RefSlotConfig  # noqa: E402
 
 SLOT_COUNTS = (1, 3, 5, 25)
 BATCH_SIZES = (1, 4, 64)
@@ -72,7 +73,7 @@ def _mismatches(jax_masks: masks.PerHead, torch_masks: dict[str, torch.Tensor]) 
 @pytest.mark.parametrize("num_slots", SLOT_COUNTS)
 def test_masks_match_reference(num_slots: int, batch: int, config_index: int) -> None:
     config = _configs(num_slots)[config_index]
-    slot_config = SlotConfig.with_num_slots(num_slots)
+    slot_config = RefSlotConfig.for_grid(1, num_slots)
     for seed in SEEDS:
         for variant, obs in _observations(num_slots, batch, seed).items():
             states, enabled, total_seeds = ref.slot_states_from_observation(obs, slot_config)
@@ -109,7 +110,7 @@ def test_causal_masks_match_reference(shape: tuple[int, ...]) -> None:
 
 def test_time_major_batch_matches_reference_per_step() -> None:
     """[T, E] observations: the vmapped leading axes flatten in the same order as the reference's env list."""
-    slot_config = SlotConfig.with_num_slots(3)
+    slot_config = RefSlotConfig.for_grid(1, 3)
     obs = _stressed(random_observation(42, 3, (5, 8), p_enabled=0.8), 42)
     config = masks.MaskConfig(max_seeds=4, allow_governor_override=True)
     states, enabled, total_seeds = ref.slot_states_from_observation(obs, slot_config)
@@ -139,5 +140,5 @@ def test_reference_keeps_upstream_contract() -> None:
     report = SimpleNamespace(stage=SeedStage.DORMANT, metrics=SimpleNamespace(epochs_total=7), alpha_mode=2)
     states = ref.build_slot_states({"r0c1": report}, ["r0c0", "r0c1"])
     assert states == {"r0c0": None, "r0c1": ref.MaskSeedInfo(stage=1, seed_age_epochs=7, alpha_mode=2)}
-    op = ref.compute_action_masks({"r0c0": states["r0c1"]}, ["r0c0"], slot_config=SlotConfig(("r0c0",)))["op"]
+    op = ref.compute_action_masks({"r0c0": states["r0c1"]}, ["r0c0"], slot_config=RefSlotConfig(("r0c0",)))["op"]
     assert op.tolist() == [True, False, False, False, False, False]

@@ -16,12 +16,16 @@ import numpy as np
 import pytest
 import torch
 
-from esper_jax import interop, policy as P
-from esper_jax.contracts import TOPOLOGIES, HEAD_NAMES, GerminationStyle, PerHead, SlotConfig, feature_size
+from esper_jax import interop
+from esper_jax import policy as P
+from esper_jax.contracts import HEAD_NAMES, TOPOLOGIES, GerminationStyle, PerHead, feature_size
 from esper_jax.distributions import mask_logits
-from esper_jax.masks import MaskConfig, compute as compute_masks
-from esper_jax.synthetic import random_observation
-from esper_jax.network import FactoredRecurrentActorCritic as JaxNet, NetworkConfig
+from esper_jax.masks import MaskConfig
+from esper_jax.masks import compute as compute_masks
+from esper_jax.network import FactoredRecurrentActorCritic as JaxNet
+from esper_jax.network import NetworkConfig
+from esper_jax.testing import random_observation
+from reference_torch.leyline import SlotConfig as RefSlotConfig
 from reference_torch.network import FactoredRecurrentActorCritic as TorchNet
 
 BOUND = {"float32": 1e-5, "float64": 1e-10}
@@ -44,7 +48,7 @@ def build_torch(num_slots: int, hidden: int, feature: int, dtype: str, seed: int
         num_slots=num_slots,
         feature_dim=feature,
         lstm_hidden_dim=hidden,
-        slot_config=SlotConfig.with_num_slots(num_slots),
+        slot_config=RefSlotConfig.for_grid(1, num_slots),
     )
     with torch.no_grad():  # the 0.01-gain heads give near-uniform logits; spread them so argmax means something
         for head in HEAD_NAMES:

@@ -15,11 +15,12 @@ import pytest
 import torch
 
 from esper_jax import normalization, policy, ppo
-from esper_jax.contracts import HEAD_NAMES, SlotConfig
+from esper_jax.contracts import HEAD_NAMES
 from esper_jax.interop import params_from_torch_state_dict
 from esper_jax.network import NetworkConfig
-from esper_jax.synthetic import UpdateBuffer, random_policy_batch
+from esper_jax.testing import UpdateBuffer, random_policy_batch
 from reference_torch import ppo as ref_ppo
+from reference_torch.leyline import SlotConfig as RefSlotConfig
 from reference_torch.network import FactoredRecurrentActorCritic
 
 
@@ -47,7 +48,7 @@ def _torch_net(config: NetworkConfig, seed: int) -> FactoredRecurrentActorCritic
         feature_dim=config.feature_dim,
         lstm_hidden_dim=config.hidden_dim,
         lstm_layers=config.lstm_layers,
-        slot_config=SlotConfig.with_num_slots(config.num_slots),
+        slot_config=RefSlotConfig.for_grid(1, config.num_slots),
     )
 
 

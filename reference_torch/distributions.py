@@ -1,6 +1,6 @@
 """Masked categorical as esper-lite 0872525b ``tamiyo/policy/action_masks.py`` (policy.md §4).
 
-Mirror of ``esper_jax/distributions.py``. Written the upstream way on purpose (Categorical wrapper, class-level
+Counterpart of the JAX port's ``distributions`` module. Written the upstream way on purpose (Categorical wrapper, class-level
 ``validate`` toggle, float32 ``log(num_valid)``), since it is the yardstick the JAX port is measured against.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch.distributions import Categorical
 
-from esper_jax.contracts import MASKED_LOGIT_VALUE
+from reference_torch.leyline import MASKED_LOGIT_VALUE
 
 __all__ = ["InvalidStateMachineError", "MaskedCategorical", "_validate_action_mask", "_validate_logits"]
 

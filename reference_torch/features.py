@@ -3,7 +3,7 @@
 Per env and per slot Python loops, Python float (float64) maths, one rounding to float32 when each list becomes a
 tensor, blueprint indices through a NumPy int64 array (policy.md §1.1-§1.4). Deliberately not optimised.
 
-``compat="fixed"`` applies the same two corrections as ``esper_jax.features`` (stage counts divided by the slot
+``compat="fixed"`` applies the same two corrections as the JAX port's features (stage counts divided by the slot
 count, interaction_sum clipped to [-1, 1]) so both modes can be compared.
 """
 
@@ -16,11 +16,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from esper_jax.contracts import (
-    CAP25,
+from reference_torch.leyline import (
     DEFAULT_GAMMA,
-    EPOCH_NORMALISER,
     HISTORY_LENGTH,
+    MAX_EPOCHS_DEN,
+    MAX_EPOCHS_NORM,
     NUM_OPS,
     NUM_STAGES,
     SLOT_FEATURE_SIZE,
@@ -54,7 +54,7 @@ def _lognorm(x: float) -> float:
 
 
 def _cap25(x: float | int) -> float:
-    return min(float(x), CAP25) / CAP25
+    return min(float(x), MAX_EPOCHS_DEN) / MAX_EPOCHS_DEN
 
 
 def _pad_history(history: list[float], length: int = HISTORY_LENGTH) -> list[float]:
@@ -65,7 +65,7 @@ def _pad_history(history: list[float], length: int = HISTORY_LENGTH) -> list[flo
 
 def _stage_to_one_hot(stage_value: int) -> list[float]:
     one_hot = [0.0] * NUM_STAGES
-    one_hot[int(STAGE_TO_INDEX[stage_value])] = 1.0
+    one_hot[STAGE_TO_INDEX[stage_value]] = 1.0
     return one_hot
 
 
@@ -79,7 +79,7 @@ def _extract_base_features_v3(
     stage_count_divisor: float,
 ) -> torch.Tensor:
     """The 24 base features of one env."""
-    epoch_norm = float(signal.metrics.epoch) / EPOCH_NORMALISER
+    epoch_norm = float(signal.metrics.epoch) / MAX_EPOCHS_NORM
     val_loss_norm = _lognorm(signal.metrics.val_loss)
     val_accuracy_norm = signal.metrics.val_accuracy / 100.0
     loss_history_norm = [_lognorm(x) for x in _pad_history(signal.loss_history)]

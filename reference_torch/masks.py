@@ -1,6 +1,6 @@
 """Upstream's action masks, written the upstream way (esper-lite 0872525b, ``tamiyo/policy/action_masks.py`` and
 ``leyline/causal_masks.py``): one env at a time, a Python loop over slots, item writes into small torch tensors,
-then ``torch.stack`` over envs. This is the baseline that parity tests and benchmarks compare esper_jax against,
+then ``torch.stack`` over envs. This is the baseline that parity tests and benchmarks compare the JAX port against,
 so its structure (and its cost) is kept as upstream has it, quirks included:
 
 - an unknown topology string silently selects the CNN blueprint set;
@@ -13,13 +13,14 @@ every env), so that observations whose envs enable different slots can be fed to
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from esper_jax.contracts import (
+from reference_torch.leyline import (
     CNN_BLUEPRINTS,
     MIN_PRUNE_AGE,
     NUM_BLUEPRINTS,
@@ -98,7 +99,7 @@ def compute_action_masks(
 
     slot_mask = torch.zeros(slot_config.num_slots, dtype=torch.bool, device=device)
     for slot_id in ordered:
-        slot_mask[slot_config.index(slot_id)] = True
+        slot_mask[slot_config.index_for_slot_id(slot_id)] = True
 
     blueprint_mask = torch.zeros(NUM_BLUEPRINTS, dtype=torch.bool, device=device)
     valid_blueprints = TRANSFORMER_BLUEPRINTS if topology == "transformer" else CNN_BLUEPRINTS
@@ -218,7 +219,8 @@ def compute_causal_masks(op_actions: torch.Tensor) -> dict[str, torch.Tensor]:
 def slot_states_from_observation(
     obs: Any, slot_config: SlotConfig
 ) -> tuple[list[dict[str, MaskSeedInfo | None]], list[list[str]], list[int]]:
-    """Turn a batched esper_jax Observation (NumPy or JAX leaves, any leading axes, flattened in C order) into
+    """Turn a batched observation (an object with ``.slots`` and ``.signals`` whose attributes are arrays shaped as the
+JAX port's Observation: NumPy or JAX leaves, any leading axes, flattened in C order) into
     upstream's per-env inputs: slot states, enabled-slot lists and total seeds.
 
     Reads only what the masks read: ``enabled``, ``has_report``, ``stage``, ``seed_age`` (epochs_total) and

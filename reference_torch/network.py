@@ -2,7 +2,7 @@
 
 Same constructor signature and defaults, module registration order (hence state_dict key order), buffers and
 methods (``forward``, ``get_action``, ``evaluate_actions``, ``get_initial_hidden``, ``_compute_value``), so an
-upstream state_dict loads with ``strict=True``. Mirror of ``esper_jax/network.py`` + ``esper_jax/policy.py``.
+upstream state_dict loads with ``strict=True``. Counterpart of the JAX port's ``network`` + ``policy``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from esper_jax.contracts import (
+from reference_torch.distributions import (
+    InvalidStateMachineError,
+    MaskedCategorical,
+    _validate_action_mask,
+    _validate_logits,
+)
+from reference_torch.leyline import (
     BLUEPRINT_NULL_INDEX,
     DEFAULT_BLUEPRINT_EMBED_DIM,
     HEAD_NAMES,
@@ -24,23 +30,13 @@ from esper_jax.contracts import (
     GerminationStyle,
     LifecycleOp,
     SlotConfig,
-    head_sizes as _head_sizes,
-)
-from reference_torch.distributions import (
-    InvalidStateMachineError,
-    MaskedCategorical,
-    _validate_action_mask,
-    _validate_logits,
+    get_action_head_sizes,
 )
 
 __all__ = ["BlueprintEmbedding", "FactoredRecurrentActorCritic", "GetActionResult", "InvalidStateMachineError"]
 
 DEFAULT_FEATURE_DIM = 512
 DEFAULT_LSTM_HIDDEN_DIM = 512
-
-
-def get_action_head_sizes(slot_config: SlotConfig) -> dict[str, int]:
-    return _head_sizes(slot_config.num_slots)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""Upstream-shaped Python objects for the torch reference, and a converter from esper_jax's Observation.
+"""Upstream-shaped Python objects for the torch reference, and a converter from the JAX port's Observation
+(duck-typed: any object with ``.signals`` and ``.slots`` holding arrays of those field names).
 
 esper-lite 0872525b feeds ``batch_obs_to_features`` lists of per-env objects: ``TrainingSignals`` (leyline/
 signals.py), a dict of ``SeedStateReport`` per env keyed by slot id (leyline/reports.py) and a
@@ -13,8 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from esper_jax.contracts import HISTORY_LENGTH, SeedStage, SlotConfig
-from esper_jax.observation import Observation
+from reference_torch.leyline import HISTORY_LENGTH, SeedStage, SlotConfig
 
 
 @dataclass
@@ -148,7 +148,7 @@ def _report(slots: dict[str, np.ndarray], env: int, k: int) -> SeedStateReport:
 
 
 def from_observation(
-    obs: Observation, slot_config: SlotConfig
+    obs: Any, slot_config: SlotConfig
 ) -> tuple[list[TrainingSignals], list[dict[str, SeedStateReport]], list[ParallelEnvState]]:
     """Per-env upstream objects for every env of ``obs`` (leading batch axes flattened row-major; none = 1 env).
 

@@ -2,7 +2,7 @@
 ``simic/agent/rollout_buffer.py`` + ``simic/agent/ppo.py``, ppo.md §4–§6).
 
 Loops over envs and steps in Python, dicts of heads, ``torch.optim.Adam(eps=1e-5)`` and ``clip_grad_norm_``, on
-the reference network's ``evaluate_actions``. The parity tests compare esper_jax against this. The only
+the reference network's ``evaluate_actions``. The parity tests compare the JAX port against this. The only
 generalisation over upstream is an explicit minibatch order (lists of env indices per step), so that
 epochs × minibatches can be compared with the JAX update step for step; ``[[0..E-1]]`` is upstream's single
 full-batch step.
@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from reference_torch.leyline import HEAD_NAMES
+from reference_torch.masks import compute_causal_masks
 from reference_torch.network import FactoredRecurrentActorCritic
-
-HEAD_NAMES = ("slot", "blueprint", "style", "tempo", "alpha_target", "alpha_speed", "alpha_curve", "op")
 
 ENTROPY_COEF_PER_HEAD = {
     "op": 1.0,
@@ -29,27 +29,6 @@ ENTROPY_COEF_PER_HEAD = {
     "alpha_speed": 1.2,
     "alpha_curve": 1.2,
 }
-
-# leyline/causal_masks.py: heads relevant to each op (WAIT, GERMINATE, SET_ALPHA_TARGET, PRUNE, FOSSILIZE, ADVANCE).
-_WAIT, _GERMINATE, _SET_ALPHA_TARGET, _PRUNE, _FOSSILIZE, _ADVANCE = range(6)
-
-
-def compute_causal_masks(op: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Upstream ``compute_causal_masks``: a bool tensor per head, shaped like ``op``."""
-    is_germ = op == _GERMINATE
-    is_set_alpha = op == _SET_ALPHA_TARGET
-    is_prune = op == _PRUNE
-    return {
-        "op": torch.ones_like(op, dtype=torch.bool),
-        "slot": op != _WAIT,
-        "blueprint": is_germ,
-        "style": is_germ | is_set_alpha,
-        "tempo": is_germ,
-        "alpha_target": is_germ | is_set_alpha,
-        "alpha_speed": is_set_alpha | is_prune,
-        "alpha_curve": is_set_alpha | is_prune,
-    }
-
 
 def compute_advantages_and_returns(
     rewards: torch.Tensor,

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from esper_jax import distributed, ppo, rollout, synthetic, train
+from esper_jax import distributed, ppo, rollout, testing, train
 from esper_jax.config import CheckpointConfig, ConfigError, DistributedConfig, RunTelemetryConfig, TrainingConfig
 from esper_jax.contracts import LifecycleOp, SlotConfig
 from esper_jax.env import EnvConfig
@@ -72,7 +72,7 @@ class ReplayEnv:
     num_slots: int = 1
 
     def __post_init__(self) -> None:
-        bank = jax.tree.map(jnp.asarray, synthetic.random_observation(0, self.num_slots, (self.bank_size,),
+        bank = jax.tree.map(jnp.asarray, testing.random_observation(0, self.num_slots, (self.bank_size,),
                                                                       edge_cases=False))
         object.__setattr__(self, "bank", bank)
         payoff = np.random.default_rng(1).normal(size=(self.bank_size, len(LifecycleOp))).astype(np.float32)

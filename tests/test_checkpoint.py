@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from esper_jax.checkpoint import CheckpointError, Checkpointer
+from esper_jax.checkpoint import Checkpointer, CheckpointError
 from esper_jax.config import TrainingConfig, from_flat_dict
 
 CONFIG = TrainingConfig(n_envs=2, n_episodes=8).to_dict()

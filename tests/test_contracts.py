@@ -110,3 +110,19 @@ def test_per_head_is_a_pytree_with_head_order():
     assert np.asarray(doubled.op).tolist() == [14, 14]
     with pytest.raises(KeyError, match="missing"):
         c.PerHead.from_dict({"op": 1})
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_per_head_stack_puts_heads_on_the_axis_in_head_order_and_unstack_inverts_it(axis):
+    values = c.PerHead.from_dict({h: jnp.full((2, 3), i) + jnp.arange(3) for i, h in enumerate(c.HEAD_NAMES)})
+    stacked = values.stack(axis=axis)
+    assert stacked.shape[axis] == c.NUM_HEADS and stacked.ndim == 3
+    for i, h in enumerate(c.HEAD_NAMES):
+        np.testing.assert_array_equal(np.take(np.asarray(stacked), i, axis=axis), np.asarray(getattr(values, h)))
+    back = c.PerHead.unstack(stacked, axis=axis)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(values)))
+
+
+def test_per_head_unstack_rejects_an_axis_that_is_not_the_heads():
+    with pytest.raises(ValueError, match="axis 0 must have 8 heads"):
+        c.PerHead.unstack(jnp.zeros((7, 2)), axis=0)

@@ -171,7 +171,7 @@ def test_two_process_run_matches_one_process_and_writes_once(tmp_path):
                 [sys.executable, str(ROOT / "tests" / "spmd_check.py"), str(tmp_path), "--only", "process",
                  "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)],
                 cwd=ROOT, env=env, stdout=out_fh, stderr=err_fh))
-    for p, (out, err) in zip(procs, logs):
+    for p, (_out, err) in zip(procs, logs):
         assert p.wait(timeout=TIMEOUT_S) == 0, f"process failed:\n{err.read_text()[-6000:]}"
     reports = [json.loads(out.read_text().strip().splitlines()[-1]) for out, _ in logs]
     assert [r["process_index"] for r in reports] == [0, 1]

@@ -23,8 +23,7 @@ from esper_jax.contracts import (
     SeedStage,
     TempoAction,
 )
-from esper_jax.env import EnvConfig, HostConfig, make
-from esper_jax.env import lifecycle, signals
+from esper_jax.env import EnvConfig, HostConfig, lifecycle, make, signals
 from esper_jax.env.config import TASKS, cnn_blueprint_params, gate_params
 from esper_jax.env.core import slot_view
 from esper_jax.env.host import cnn, from_arrays, load_digits
@@ -101,7 +100,7 @@ def _features(channels, key=0):
     return jax.random.normal(jax.random.PRNGKey(key), (4, 4, 4, channels), jnp.float32) + 0.5
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _births():
     """Every blueprint's output at birth, under ADD and MULTIPLY init, both compat modes: one compiled call."""
     layouts = {compat: SlotLayout(16, compat) for compat in ("upstream", "fixed")}
@@ -170,7 +169,7 @@ def act(op, slot, blueprint=BlueprintAction.CONV_LIGHT, style=GerminationStyle.L
                    alpha_target=int(AlphaTargetAction.FULL), alpha_speed=int(speed), alpha_curve=0, op=int(op))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _env():
     env = make("host", CFG)
     probe = jax.jit(lambda state, view, alpha, x: env.oracle.forward(
@@ -209,7 +208,7 @@ def _scripted_run(seed=0):
     return states, actions
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def scripted_run(seed=0):
     return _scripted_run(seed)
 
@@ -231,7 +230,7 @@ def test_seedless_host_learns_digits_reduced():
     assert not bool(np.asarray(state.slots.has_module).any())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _seedless_curve_fn(cfg: EnvConfig, steps: int):
     env = make("host", cfg)
     oracle = env.oracle
@@ -304,7 +303,7 @@ def test_a_pruned_seed_leaves_the_host_function_exactly():
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _measure_fns():
     """One slot, one minibatch of 16: the smallest oracle whose vmapped and single compiles can be compared."""
     cfg = EnvConfig.create(1, task="digits", host=HostConfig(minibatches_per_step=1))

@@ -22,9 +22,8 @@ from esper_jax.contracts import (
     SlotConfig,
     TempoAction,
 )
-from esper_jax.env import EnvConfig, make
+from esper_jax.env import EnvConfig, lifecycle, make
 from esper_jax.env import alpha as alpha_mod
-from esper_jax.env import lifecycle
 
 W, G, SET, P, F, A = (int(o) for o in LifecycleOp)
 S = SeedStage
@@ -38,7 +37,7 @@ CONFIGS = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _env(compat: str = "upstream"):
     env = make("sim", CONFIGS[compat])
     return env, jax.jit(env.reset), jax.jit(env.step)

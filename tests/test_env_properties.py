@@ -7,7 +7,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from flax import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -71,13 +70,13 @@ def _episode(env, key):
     return records
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def episode_fn(compat: str):
     env = make("sim", CONFIGS[compat])
     return jax.jit(functools.partial(_episode, env))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def batched_episode_fn(compat: str):
     env = make("sim", CONFIGS[compat])
     return jax.jit(jax.vmap(functools.partial(_episode, env)))

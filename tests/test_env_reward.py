@@ -23,7 +23,9 @@ S = SeedStage
 
 def seed(stage=S.BLENDING, k=1, prev_stage=S.TRAINING, prev_k=1, ti=0.0, c=0.0, known=False, isum=0.0,
          acc_germ=0.0, has_germ=False, present=True):
-    f = lambda x, d=jnp.float32: jnp.asarray(x, d)
+    def f(x, d=jnp.float32):
+        return jnp.asarray(x, d)
+
     return R.SeedInputs(
         present=f(present, jnp.bool_), stage=f(int(stage), jnp.int32), epochs_in_stage=f(k, jnp.int32),
         previous_stage=f(int(prev_stage), jnp.int32), previous_epochs_in_stage=f(prev_k, jnp.int32),
@@ -128,7 +130,10 @@ def test_synergy():
 
 def rent(alpha, params, prev_alpha=None, prev_params=None, module=None):
     n = len(alpha)
-    f = lambda x: jnp.asarray(x, jnp.float32)
+
+    def f(x):
+        return jnp.asarray(x, jnp.float32)
+
     return R.RentInputs(
         has_module=jnp.asarray(module if module is not None else [p > 0 for p in params]),
         alpha=f(alpha), params=f(params),

@@ -4,10 +4,10 @@ import jax
 import numpy as np
 import pytest
 
-from esper_jax import interop, policy as P
+from esper_jax import interop
+from esper_jax import policy as P
 from esper_jax.network import NetworkConfig, param_count
-
-CFG = NetworkConfig(num_slots=2, feature_dim=32, hidden_dim=16)
+from tests.conftest import NET_2_SLOTS_NARROW as CFG
 
 
 @pytest.fixture(scope="module")

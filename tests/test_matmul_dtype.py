@@ -14,9 +14,9 @@ from esper_jax import normalization, policy, rollout
 from esper_jax.config import ConfigError, TrainingConfig, from_flat_dict
 from esper_jax.env import make as make_env
 from esper_jax.network import NetworkConfig, is_kernel
-from esper_jax.synthetic import random_policy_batch
+from esper_jax.testing import random_policy_batch
+from tests.conftest import NET_3_SLOTS_WIDE as F32
 
-F32 = NetworkConfig(num_slots=3, feature_dim=128, hidden_dim=128)
 BF16 = dataclasses.replace(F32, matmul_dtype="bfloat16")
 # The bf16 band: bf16 keeps 8 significant bits (relative rounding 2^-9 ≈ 2e-3 per operand); through the feature
 # net, 150 LSTM steps and two head layers the errors measured 0.3–1.4 % of the output scale. The band is 3 % of

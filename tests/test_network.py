@@ -10,8 +10,7 @@ import pytest
 from esper_jax import policy as P
 from esper_jax.contracts import HEAD_NAMES, feature_size, head_sizes
 from esper_jax.network import FactoredRecurrentActorCritic, NetworkConfig, param_count
-
-SMALL = NetworkConfig(num_slots=3, feature_dim=64, hidden_dim=64)
+from tests.conftest import NET_3_SLOTS as SMALL
 
 
 def _param_shapes(config):
@@ -178,7 +177,7 @@ def test_float64_params_when_x64():
 
 def _scan_lstm(x, hc, kernel_ih, kernel_hh, bias_ih, bias_hh):
     """The LSTM layer as a plain lax.scan, differentiated by JAX's own autodiff (the custom backward's oracle)."""
-    from esper_jax.network import _cell
+    from esper_jax.lstm import _cell
 
     gates_x = jnp.moveaxis(x @ kernel_ih + bias_ih, -2, 0)
 
@@ -194,7 +193,7 @@ def _scan_lstm(x, hc, kernel_ih, kernel_hh, bias_ih, bias_hh):
 def test_lstm_custom_backward_equals_autodiff_of_the_scan(batch):
     """The recurrence's own VJP (kernel gradient as one matmul after the reverse loop) against JAX's autodiff of
     the same forward as a plain scan, in float64: every input's gradient, through outputs, h_T and c_T."""
-    from esper_jax.network import _lstm_layer
+    from esper_jax.lstm import _lstm_layer
 
     with jax.enable_x64(True):
         rng = np.random.default_rng(0)

@@ -4,9 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from esper_jax.contracts import VALID_STAGES, HISTORY_LENGTH
+from esper_jax.contracts import HISTORY_LENGTH, VALID_STAGES
 from esper_jax.observation import empty_observation, signal_dtypes, slot_dtypes
-from esper_jax.synthetic import random_observation
+from esper_jax.testing import random_observation
 
 
 def _leaf_specs(obs):

@@ -8,9 +8,8 @@ import pytest
 from esper_jax import policy as P
 from esper_jax.contracts import HEAD_NAMES, GerminationStyle, LifecycleOp, PerHead
 from esper_jax.distributions import InvalidStateMachineError
-from esper_jax.network import NetworkConfig
+from tests.conftest import NET_3_SLOTS as CFG
 
-CFG = NetworkConfig(num_slots=3, feature_dim=64, hidden_dim=64)
 E, T = 6, 5
 
 

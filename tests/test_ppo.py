@@ -15,8 +15,9 @@ from flax import struct
 
 from esper_jax import normalization, ppo, rollout
 from esper_jax.contracts import CAUSAL_RELEVANCE, HEAD_NAMES, LifecycleOp, PerHead
-from esper_jax.network import LSTMCarry, NetworkConfig
+from esper_jax.network import LSTMCarry
 from esper_jax.observation import empty_observation
+from tests.conftest import NET_1_SLOT
 
 # ---------------------------------------------------------------------------------------------------------------
 # GAE (ppo.md §4 golden vectors, computed by hand and with the upstream buffer code in float32)
@@ -322,7 +323,8 @@ class CueEnv:
 
 
 CUE = CueEnv()
-NET = NetworkConfig(num_slots=1, feature_dim=32, hidden_dim=32)
+NET = NET_1_SLOT
+
 ROLLOUT = rollout.RolloutConfig(num_steps=CUE.length, compat="fixed")
 NUM_ENVS = 64
 LEARN = ppo.PPOConfig(learning_rate=2e-3, entropy_coef=0.01, epochs=2, minibatches=2)

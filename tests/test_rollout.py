@@ -15,10 +15,9 @@ from esper_jax import features as features_mod
 from esper_jax import masks as masks_mod
 from esper_jax import normalization, policy, rollout
 from esper_jax.contracts import HEAD_NAMES, feature_size
-from esper_jax.network import NetworkConfig
 from esper_jax.observation import empty_observation
+from tests.conftest import NET_2_SLOTS as NET
 
-NET = NetworkConfig(num_slots=2, feature_dim=32, hidden_dim=32)
 NUM_ENVS = 3
 NUM_STEPS = 11
 TERMINAL_LENGTH = 3  # episodes of this length end in a true terminal; 4 and 5 are truncated

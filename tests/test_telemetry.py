@@ -6,7 +6,6 @@ import dataclasses
 import json
 
 import jax.numpy as jnp
-import numpy as np
 
 from esper_jax.env import RewardComponents
 from esper_jax.telemetry import (

@@ -2,13 +2,13 @@
 everything that needs real training (environment.md §8).
 
 ``make(name, config)`` returns an object with ``reset(key) -> (EnvState, Observation)`` and
-``step(state, actions: PerHead[int32 scalar], key) -> StepOutput`` for ONE env (``esper_jax.rollout.Environment``);
+``step(state, actions: PerHead[int32 scalar], key) -> StepOutput`` for ONE env (``esper_jax.env.interface.Environment``);
 vmap over envs, scan over time. Available names: ``"sim"`` (the simulator oracle of §8.2) and ``"host"`` (real host
 CNNs trained with their seeds on device, §8.4: ``make("host")`` trains on scikit-learn's digits with the ``digits``
 task; any other CNN task takes ``dataset=esper_jax.env.host.from_arrays(...)``). Both share the exact lifecycle,
 signals and reward; only the oracle differs. The transformer-topology host is not implemented.
 
-Modules: ``config`` (EnvConfig), ``alpha`` (controller and curves), ``slots`` (per-slot seed state), ``lifecycle``
+Modules: ``interface`` (``Environment`` protocol, ``StepOutput``), ``config`` (EnvConfig), ``alpha`` (controller and curves), ``slots`` (per-slot seed state), ``lifecycle``
 (gates, ops, tick), ``signals`` (measurements → state, feedback, Observation), ``reward`` (SHAPED components,
 normaliser helper), ``oracle`` (oracle interface, simulator), ``core`` (reset/step wiring), ``host/`` (the
 host-network oracle: data, CNN, blueprints, blend operators).
@@ -39,18 +39,21 @@ import functools
 
 from esper_jax.env.config import EnvConfig, HostConfig, RewardConfig, SimulatorConfig
 from esper_jax.env.core import EnvState, EsperEnv, StepInfo
+from esper_jax.env.interface import Environment, StepOutput
 from esper_jax.env.reward import RewardComponents
 
 __all__ = [
     "ENV_NAMES",
     "EnvConfig",
     "EnvState",
+    "Environment",
     "EsperEnv",
     "HostConfig",
     "RewardComponents",
     "RewardConfig",
     "SimulatorConfig",
     "StepInfo",
+    "StepOutput",
     "make",
 ]
 

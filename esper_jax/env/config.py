@@ -339,7 +339,7 @@ class EnvConfig:
             raise TypeError(f"EnvConfig.host must be a HostConfig, got {type(self.host).__name__}")
 
     @classmethod
-    def create(cls, num_slots: int = 3, **kwargs) -> "EnvConfig":
+    def create(cls, num_slots: int = 3, **kwargs) -> EnvConfig:
         """Config with the first ``num_slots`` slots of the task (r0c0 … r0c{n-1})."""
         if isinstance(num_slots, bool) or not isinstance(num_slots, int) or num_slots < 1:
             raise ValueError(f"EnvConfig num_slots must be an integer >= 1, got {num_slots!r}")

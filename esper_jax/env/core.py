@@ -26,10 +26,10 @@ from flax import struct
 from esper_jax.contracts import LifecycleOp, PerHead, SeedStage
 from esper_jax.env import lifecycle, reward, signals
 from esper_jax.env.config import EnvConfig
+from esper_jax.env.interface import StepOutput
 from esper_jax.env.oracle import Oracle, SimulatorOracle, SlotView
 from esper_jax.env.reward import RewardComponents
 from esper_jax.observation import Observation
-from esper_jax.rollout import StepOutput
 
 
 @struct.dataclass
@@ -78,13 +78,13 @@ def _tree_select(pred: jnp.ndarray, on_true: Any, on_false: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class EsperEnv:
-    """The functional Esper environment (conforms to ``esper_jax.rollout.Environment``). Hashable and static."""
+    """The functional Esper environment (conforms to ``esper_jax.env.interface.Environment``). Hashable and static."""
 
     config: EnvConfig
     oracle: Oracle
 
     @classmethod
-    def simulator(cls, config: EnvConfig) -> "EsperEnv":
+    def simulator(cls, config: EnvConfig) -> EsperEnv:
         return cls(config=config, oracle=SimulatorOracle.from_config(config))
 
     @property

@@ -87,7 +87,7 @@ class SimulatorOracle:
     log_num_classes: float
 
     @classmethod
-    def from_config(cls, cfg: EnvConfig) -> "SimulatorOracle":
+    def from_config(cls, cfg: EnvConfig) -> SimulatorOracle:
         return cls(num_slots=cfg.num_slots, sim=cfg.simulator, log_num_classes=cfg.log_num_classes)
 
     def init(self, key: jax.Array) -> SimulatorState:

@@ -117,7 +117,7 @@ class HostOracle:
     data: Dataset
 
     @classmethod
-    def from_config(cls, cfg: EnvConfig, data: Dataset) -> "HostOracle":
+    def from_config(cls, cfg: EnvConfig, data: Dataset) -> HostOracle:
         task = cfg.task_spec
         if task.topology != "cnn":
             raise ValueError(f"the host env builds CNN hosts; task {cfg.task!r} has topology {task.topology!r}")
@@ -350,7 +350,7 @@ class HostOracle:
     @staticmethod
     def _scores(logits: jnp.ndarray, labels: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
         correct = jnp.argmax(logits, axis=-1) == labels
-        loss = jax.vmap(lambda l: jnp.mean(_cross_entropy(l, labels)))(logits)
+        loss = jax.vmap(lambda row: jnp.mean(_cross_entropy(row, labels)))(logits)
         return 100.0 * jnp.mean(correct.astype(jnp.float32), axis=-1), loss
 
     def _fused_logits(self, state: HostState, view: SlotView, configs: jnp.ndarray, images: jnp.ndarray):

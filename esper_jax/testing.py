@@ -1,5 +1,5 @@
-"""Random but realistic observations, policy batches and PPO update buffers, for tests, parity checks and
-benchmarks.
+"""Test and benchmark fixtures (not used by training): random but realistic observations, policy batches and PPO
+update buffers for tests, parity checks and benchmarks. ``UpdateBuffer.torch_data`` takes the torch module (the ``torch`` extra).
 
 Host-side and NumPy-seeded (not a jit function): the same seed gives the same batch on every machine, and the
 torch reference can be fed the very same values. Slot states are valid lifecycle states with consistent alpha
@@ -14,9 +14,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 
+from esper_jax import features as features_mod
+from esper_jax import masks as masks_mod
 from esper_jax.contracts import (
     CANONICAL_STYLE,
     HEAD_NAMES,
@@ -31,9 +33,7 @@ from esper_jax.contracts import (
     PerHead,
     SeedStage,
 )
-from esper_jax import features as features_mod
-from esper_jax import masks as masks_mod
-from esper_jax.observation import Observation, SlotReports, Signals, signal_dtypes, slot_dtypes
+from esper_jax.observation import Observation, Signals, SlotReports, signal_dtypes, slot_dtypes
 
 _STAGES = np.array([s.value for s in SeedStage], dtype=np.int32)
 
