@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from esper_jax.config import COMPATIBLE_OVERRIDES, ConfigError, load_dict, to_dict
+from esper_jax.contracts import AlphaMode
 
 __all__ = ["CheckpointError", "FORMAT_VERSION", "Checkpointer", "COMPATIBLE_OVERRIDES"]
 
@@ -81,7 +82,7 @@ class Checkpointer:
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
             )["state"]
         except Exception as exc:  # noqa: BLE001
-            raise CheckpointError(f"checkpoint {self.directory / str(step)} is corrupt or does not match this run: {exc}") from None
+            state = self._restore_older_layout(step, abstract, exc)
         want = jax.tree_util.tree_structure(abstract)
         got = jax.tree_util.tree_structure(state)
         if want != got:
@@ -94,6 +95,35 @@ class Checkpointer:
                     f"vs expected {a.shape}/{a.dtype}"
                 )
         return state, meta
+
+    def _restore_older_layout(self, step: int, abstract: Any, original: Exception) -> Any:
+        """Read a checkpoint whose state predates a renamed or added field (``STATE_MIGRATIONS``): restore the
+        stored tree as written and rebuild the expected structure from it. Anything else that does not match is
+        refused with the original error."""
+        ocp = _ocp()
+        where = self.directory / str(step)
+        try:
+            raw = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+        except Exception:  # noqa: BLE001
+            raise CheckpointError(f"checkpoint {where} is corrupt or does not match this run: {original}") from None
+        paths, treedef = jax.tree_util.tree_flatten_with_path(abstract)
+        leaves, migrated = [], set()
+        for path, want in paths:
+            names = tuple(_key_name(k) for k in path)
+            value = _lookup(raw, names)
+            if value is None:
+                for suffix, (label, derive) in STATE_MIGRATIONS.items():
+                    if names[-len(suffix):] == suffix:
+                        value = derive(_lookup(raw, names[:-1]))
+                        if value is not None:
+                            migrated.add(label)
+                        break
+            if value is None:
+                raise CheckpointError(f"checkpoint {where} is corrupt or does not match this run: {original}")
+            leaves.append(np.asarray(value, dtype=want.dtype))
+        if not migrated:
+            raise CheckpointError(f"checkpoint {where} is corrupt or does not match this run: {original}")
+        return jax.tree.unflatten(treedef, leaves)
 
     def _meta(self, config_dict: dict[str, Any], step: int | None) -> dict:
         ocp = _ocp()
@@ -122,6 +152,50 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _key_name(key: Any) -> Any:
+    for attr in ("name", "key", "idx"):
+        if hasattr(key, attr):
+            return getattr(key, attr)
+    return str(key)
+
+
+def _lookup(tree: Any, names: tuple) -> Any:
+    for name in names:
+        if isinstance(tree, dict):
+            tree = tree.get(name, tree.get(str(name)))
+        elif isinstance(tree, (list, tuple)) and isinstance(name, int) and name < len(tree):
+            tree = tree[name]
+        else:
+            return None
+        if tree is None:
+            return None
+    return tree
+
+
+def _feedback_seeds_created(feedback: Any) -> Any:
+    # Renamed: the germination count that numbers seed ids was ``Feedback.total_seeds`` (docs/compat.md,
+    # "Made upstream-exact"); ``total_seeds`` is now derived from the slots.
+    return feedback.get("total_seeds") if isinstance(feedback, dict) else None
+
+
+def _slots_frozen(slots: Any) -> Any:
+    # Added: the blend-out freeze is now state (decided by the tick). Older code derived it after the tick as
+    # ``fixed`` still does: a pending scheduled prune or a controller ramping down.
+    if not isinstance(slots, dict) or "pending_prune" not in slots:
+        return None
+    mode = _lookup(slots, ("controller", "mode"))
+    return None if mode is None else np.asarray(slots["pending_prune"]) | (np.asarray(mode) == AlphaMode.DOWN)
+
+
+# Fields of the saved state added or renamed since checkpoint format 1 was first written: the trailing key path
+# → (what it is, how to derive it from the parent's stored tree). Such a checkpoint resumes; the env it continues
+# in is today's (so a run resumed across such a change continues under the new env rules).
+STATE_MIGRATIONS: dict[tuple[str, ...], tuple[str, Any]] = {
+    ("feedback", "seeds_created"): ("feedback.total_seeds renamed seeds_created", _feedback_seeds_created),
+    ("slots", "frozen"): ("slots.frozen added", _slots_frozen),
+}
 
 
 def _leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -275,7 +275,7 @@ FLAT_RUN = REPO / "tests" / "fixtures" / "flat_run_abd104d.tgz"
 FLAT_RUN_METRICS = REPO / "tests" / "fixtures" / "flat_run_abd104d.metrics.jsonl"
 
 
-def test_run_dir_from_before_the_config_tree_resumes(full_run, tmp_path):
+def test_run_dir_from_before_the_config_tree_resumes(tmp_path):
     import tarfile
 
     from esper_jax.config import from_flat_dict
@@ -293,6 +293,10 @@ def test_run_dir_from_before_the_config_tree_resumes(full_run, tmp_path):
     assert result.finished
     expected = [json.loads(line) for line in FLAT_RUN_METRICS.read_text().splitlines()]
     got = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert got == expected  # resumed under the tree == the old trainer's uninterrupted run
-    assert (run_dir / "metrics.jsonl").read_bytes() == (full_run.run_dir / "metrics.jsonl").read_bytes()
+    # Its env state predates two fields (checkpoint.STATE_MIGRATIONS) and the env's rules have changed since
+    # (docs/compat.md, "Made upstream-exact"): it resumes, keeps the interval written before the resume, and
+    # continues under today's env, so later intervals are not the old trainer's continuation.
+    assert got[0] == expected[0]
+    assert [r["interval"] for r in got] == [r["interval"] for r in expected]
+    assert all(r["mean_episode_return"] is not None and not r["nonfinite_error"] for r in got)
     assert json.loads((run_dir / "config.json").read_text()) == cfg.to_dict()  # rewritten in the nested format
