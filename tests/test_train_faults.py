@@ -121,6 +121,8 @@ def test_overwrite_replaces_a_previous_run_but_not_foreign_files(tmp_path, capsy
 
 
 def test_ctrl_c_checkpoints_the_interval_boundary_and_exits_130(tmp_path, capsys):
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers can only be installed from the main thread")
     run_dir = tmp_path / "int"
     metrics = run_dir / "metrics.jsonl"
 
