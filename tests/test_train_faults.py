@@ -132,6 +132,7 @@ def test_ctrl_c_checkpoints_the_interval_boundary_and_exits_130(tmp_path, capsys
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGINT)
 
+    previous_handler = signal.getsignal(signal.SIGINT)
     thread = threading.Thread(target=press_ctrl_c, daemon=True)
     thread.start()
     code = train_mod.main([*CLI, "--n-episodes", "400", "--out", str(run_dir)])
@@ -141,7 +142,7 @@ def test_ctrl_c_checkpoints_the_interval_boundary_and_exits_130(tmp_path, capsys
     done = len(_records(run_dir))
     assert 1 <= done < 200 and _steps(run_dir)[-1] == done  # the last completed interval is checkpointed
     assert f"--resume {run_dir}" in err
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler was put back
+    assert signal.getsignal(signal.SIGINT) is previous_handler  # the trainer's handler was removed
 
 
 # --- 4. --resume with --preset ------------------------------------------------------------------------------------
