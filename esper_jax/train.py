@@ -422,8 +422,10 @@ def train(
                 nonfinite.check_interval(outs, param_paths, interval=interval, first_iteration=counters["iteration"] - n_it,
                                          every_leaf=debug_nans)
             except nonfinite.NonFiniteError as exc:
-                last = "none was written" if saved_interval is None else f"the last good one is interval {saved_interval}"
-                raise nonfinite.NonFiniteError(f"{exc}. Stopped without checkpointing it; {last} ({run_dir}).") from None
+                last = ("no checkpoint was written yet" if saved_interval is None else
+                        f"the last good checkpoint is {run_dir / 'checkpoints' / str(saved_interval)} "
+                        f"(after {saved_interval} interval(s))")
+                raise nonfinite.NonFiniteError(f"{exc}. Stopped without checkpointing it; {last}.") from None
             ran += 1
             if progress is not None:
                 ret = rec["mean_episode_return"]
@@ -556,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t0
     if result.interrupted:
         interval = int(result.state["counters"]["interval"])
-        print(f"interrupted: checkpoint saved at interval {interval} after {wall:.1f}s; resume with\n"
+        print(f"interrupted after {wall:.1f}s: checkpoint saved after {interval} interval(s); resume with\n"
               f"  python -m esper_jax.train --resume {run_dir}", file=sys.stderr)
         return INTERRUPTED
     if result.evaluation is not None:
