@@ -8,9 +8,9 @@ import torch
 torch.set_num_threads(2)
 
 
-@pytest.fixture(scope="package", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _highest_matmul_precision():
-    # Package scope: it wraps the module-scoped fixtures too, and pytest tears it down when a worker moves on to a
-    # test outside parity_tests/.
+    # Module scope (autouse fixtures come first within a scope, so it wraps the modules' own module fixtures too). Not
+    # "package": parity_tests/ has no __init__.py, and pytest then keeps a package fixture for the whole session.
     with jax.default_matmul_precision("highest"):
         yield

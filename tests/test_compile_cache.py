@@ -45,3 +45,9 @@ def test_enable_points_jax_at_the_directory(tmp_path, restore_cache_config):
     a_file = tmp_path / "file"
     a_file.write_text("x")
     assert compile_cache.enable({ENV_VAR: str(a_file / "cache")}) is None  # cannot be created: run without it
+
+
+def test_matmul_precision_is_the_default_outside_the_parity_tests():
+    """parity_tests/conftest.py scopes 'highest' to its package: run in one process after the parity tests
+    (`pytest parity_tests/test_precision_scope.py tests/test_compile_cache.py`), this still sees the default."""
+    assert jax.config.jax_default_matmul_precision is None
