@@ -61,7 +61,7 @@ def _interval(num_envs: int, devices: int):
     runner = jax.jit(rollout.init_runner, static_argnums=(0, 1, 2))(env, config, num_envs, jax.random.PRNGKey(1))
     state = layout.place({"train": _train_state(ppo, static.ppo, config), "runner": runner,
                           "key": jax.random.PRNGKey(2)})
-    return state, train._interval_fn(static, 1, False, layout), config, state["train"].params
+    return state, train._interval_fn(static, 1, layout), config, state["train"].params
 
 
 def measure(devices: int, envs_per_device: int, options: Options, baseline: float | None, note: str) -> Measurement:

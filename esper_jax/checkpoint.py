@@ -27,14 +27,26 @@ import numpy as np
 from esper_jax.config import COMPATIBLE_OVERRIDES, ConfigError, load_dict, to_dict
 from esper_jax.contracts import AlphaMode
 
-__all__ = ["CheckpointError", "FORMAT_VERSION", "Checkpointer", "COMPATIBLE_OVERRIDES"]
+__all__ = ["CheckpointError", "CorruptCheckpointError", "FORMAT_VERSION", "Checkpointer", "COMPATIBLE_OVERRIDES"]
 
 FORMAT_VERSION = 1
+CORRUPT_DIR = "corrupt_checkpoints"  # beside checkpoints/: corrupt steps set aside when resuming from an older one
 
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be resumed from (missing, corrupt, or from a different run configuration)."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """One checkpoint step is unreadable (torn or overwritten files); an older step may still be intact."""
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    """First line of an orbax/TensorStore error, capped: the full text can be a 60-line dump."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _ocp():
@@ -105,7 +117,7 @@ class Checkpointer:
         try:
             raw = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
         except Exception:  # noqa: BLE001
-            raise CheckpointError(f"checkpoint {where} is corrupt or does not match this run: {original}") from None
+            raise CorruptCheckpointError(f"checkpoint {where} is corrupt or does not match this run: {_short(original)}") from None
         paths, treedef = jax.tree_util.tree_flatten_with_path(abstract)
         leaves, migrated = [], set()
         for path, want in paths:
@@ -119,11 +131,36 @@ class Checkpointer:
                             migrated.add(label)
                         break
             if value is None:
-                raise CheckpointError(f"checkpoint {where} is corrupt or does not match this run: {original}")
+                raise CorruptCheckpointError(f"checkpoint {where} is corrupt or does not match this run: {_short(original)}")
             leaves.append(np.asarray(value, dtype=want.dtype))
         if not migrated:
-            raise CheckpointError(f"checkpoint {where} is corrupt or does not match this run: {original}")
+            raise CorruptCheckpointError(f"checkpoint {where} is corrupt or does not match this run: {_short(original)}")
         return jax.tree.unflatten(treedef, leaves)
+
+    def restore_newest_intact(self, abstract_state: Any, config_dict: dict[str, Any]) -> tuple[Any, dict, list[str]]:
+        """Restore the newest step that reads back intact; also return one short line per newer step skipped as
+        corrupt. A config mismatch is not skipped (every step of a run shares its config), and when no step is
+        intact the error names each one."""
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        if not steps:
+            raise CheckpointError(f"no complete checkpoint in {self.directory}")
+        skipped: list[str] = []
+        for step in steps:
+            try:
+                state, meta = self.restore(abstract_state, config_dict, step)
+            except CorruptCheckpointError as exc:
+                skipped.append(str(exc))
+                continue
+            if skipped:  # the resumed run saves these steps again: keep the corrupt ones aside, for inspection
+                aside = self.directory.parent / CORRUPT_DIR
+                aside.mkdir(exist_ok=True)
+                for newer in (s for s in steps if s > step):
+                    target = aside / f"{newer}-{len(list(aside.iterdir()))}"
+                    (self.directory / str(newer)).rename(target)
+                    skipped.append(f"moved {self.directory / str(newer)} to {target}")
+                self._manager.reload()
+            return state, meta, skipped
+        raise CheckpointError("no intact checkpoint to resume from:\n  " + "\n  ".join(skipped))
 
     def _meta(self, config_dict: dict[str, Any], step: int | None) -> dict:
         ocp = _ocp()
@@ -132,7 +169,9 @@ class Checkpointer:
         try:
             meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         except Exception as exc:  # noqa: BLE001 — any orbax/IO failure is a refusal
-            raise CheckpointError(f"checkpoint {self.directory / str(step)} is unreadable (metadata): {exc}") from None
+            raise CorruptCheckpointError(
+                f"checkpoint {self.directory / str(step)} is unreadable (metadata): {_short(exc)}"
+            ) from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
             raise CheckpointError(
                 f"checkpoint {self.directory / str(step)} has format {meta.get('format') if isinstance(meta, dict) else meta!r}, "

@@ -132,6 +132,8 @@ def infer_config(state_dict: Mapping[str, Any]) -> NetworkConfig:
             "cannot infer the network config: slot_head.2.weight, lstm.weight_hh_l0, feature_net.0.weight and "
             "blueprint_embedding.embedding.weight must all be 2-D"
         )
+    if hh_w.shape[0] != 4 * hh_w.shape[1]:  # the hidden size is read off this key: check it before trusting it
+        raise ValueError(f"state_dict['lstm.weight_hh_l0'] must have shape (4·hidden, hidden), got {hh_w.shape}")
     config = NetworkConfig(
         num_slots=int(slot_w.shape[0]),
         feature_dim=int(feat_w.shape[0]),
@@ -147,6 +149,28 @@ def infer_config(state_dict: Mapping[str, Any]) -> NetworkConfig:
             f"network expects {expected_in} (24 + 30·S observation + {config.blueprint_embed_dim}·S embedding)"
         )
     return config
+
+
+def _check_values(arrays: Mapping[str, np.ndarray]) -> None:
+    """Parameters must be float32 or float64 (one dtype for all; float64 needs jax_enable_x64) and finite: anything
+    else would load here and fail deep inside flax, or train silently in another precision."""
+    import jax
+
+    weights = {k: v for k, v in arrays.items() if k != NULL_IDX_KEY}
+    for key, value in weights.items():
+        if value.dtype not in (np.float32, np.float64):
+            raise ValueError(f"state_dict[{key!r}] has dtype {value.dtype}; parameters must be float32 or float64 "
+                             "(cast the state_dict first, e.g. {k: v.float() for k, v in sd.items()})")
+    dtypes = sorted({str(v.dtype) for v in weights.values()})
+    if len(dtypes) > 1:
+        raise ValueError(f"state_dict mixes parameter dtypes {dtypes}; cast it to one (float32)")
+    if dtypes == ["float64"] and jax.dtypes.canonicalize_dtype(np.float64) != np.float64:  # x64 off (here)
+        raise ValueError("state_dict is float64 but jax_enable_x64 is off; cast it to float32 or enable x64 "
+                         "(jax.config.update('jax_enable_x64', True))")
+    for key, value in weights.items():
+        bad = ~np.isfinite(value)
+        if bad.any():
+            raise ValueError(f"state_dict[{key!r}] holds {int(bad.sum())} NaN/Inf value(s) of {value.size}")
 
 
 def params_from_torch_state_dict(state_dict: Mapping[str, Any], config: NetworkConfig | None = None) -> dict:
@@ -169,6 +193,7 @@ def params_from_torch_state_dict(state_dict: Mapping[str, Any], config: NetworkC
     for key, shape in shapes.items():
         if arrays[key].shape != shape:
             raise ValueError(f"state_dict[{key!r}] must have shape {shape}, got {arrays[key].shape}")
+    _check_values(arrays)
     null_idx = arrays[NULL_IDX_KEY]
     if null_idx.item() != BLUEPRINT_NULL_INDEX:
         raise ValueError(f"state_dict[{NULL_IDX_KEY!r}] must be {BLUEPRINT_NULL_INDEX}, got {null_idx.item()}")

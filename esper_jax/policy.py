@@ -176,6 +176,16 @@ def _nonfinite_rows(raw_logits: PerHead) -> jax.Array:
     return jnp.any(dist.nonfinite_rows(dist.stack_heads(raw_logits, 0.0)), axis=-1)
 
 
+def _check_finite_inputs(features: Any, carry: LSTMCarry) -> None:
+    """NaN/Inf fed in is the caller's to fix: name the input rather than let it surface as non-finite logits."""
+    for name, value in (("features", features), ("carry.h", carry.h), ("carry.c", carry.c)):
+        if dist.is_concrete(value):
+            x = np.asarray(value)
+            bad = ~np.isfinite(x)
+            if bad.any():
+                raise ValueError(f"the input {name} {x.shape} holds NaN/Inf in {int(bad.sum())} of {x.size} values")
+
+
 def _raise_on_flags(out: ActionOutput | Evaluation, effective_masks: PerHead | None) -> None:
     if effective_masks is not None:
         dist.check_masks(effective_masks)
@@ -266,6 +276,8 @@ def get_action(
     lead = tuple(np.shape(features)[:-1])
     _check_mask_shapes(config, masks, lead, "masks")
     _check_carry(config, carry, lead)
+    if validate:
+        _check_finite_inputs(features, carry)
     out = get_action_jit(params, config, carry, features, blueprint_indices, masks, key, deterministic)
     if validate and is_concrete(masks, out.actions.op):
         _raise_on_flags(out, masks.replace(style=style_mask_for_op(masks.style, out.actions.op)))
@@ -345,6 +357,8 @@ def evaluate_actions(
     _check_mask_shapes(config, masks, lead, "masks")
     _check_actions(config, actions, lead)
     _check_carry(config, carry, lead[:-1])
+    if validate:
+        _check_finite_inputs(features, carry)
     out = evaluate_actions_jit(params, config, carry, features, blueprint_indices, actions, masks)
     if validate and is_concrete(masks, actions.op):
         _raise_on_flags(out, masks.replace(style=style_mask_for_op(masks.style, actions.op)))

@@ -224,6 +224,12 @@ class UpdateMetrics(LossInfo):
     entropy_coef: jax.Array
     advantage_mean: jax.Array  # raw (pre-normalisation) advantages
     advantage_std: jax.Array
+    # Non-finite guards from the values the update already has (no second gradient pass): loss of any evaluated
+    # minibatch; per leaf (flatten order of params), any NaN/Inf in that leaf's gradient of any evaluated minibatch,
+    # and in the updated parameters. The trainer stops on them and names the leaf.
+    loss_nonfinite: jax.Array  # bool
+    grad_nonfinite: jax.Array  # bool [num param leaves]
+    param_nonfinite: jax.Array  # bool [num param leaves]
 
 
 def make_optimizer(config: PPOConfig) -> optax.GradientTransformation:
@@ -280,8 +286,14 @@ class _StepCarry:
 class _StepRecord:
     info: LossInfo
     grad_norm: jax.Array
+    grad_nonfinite: jax.Array  # bool [num param leaves]
     evaluated: jax.Array
     applied: jax.Array
+
+
+def nonfinite_leaves(tree: Any) -> jax.Array:
+    """bool [num leaves]: whether each leaf (flatten order) holds a NaN or Inf."""
+    return jnp.stack([~jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)])
 
 
 def _where_tree(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
@@ -322,7 +334,8 @@ def update(
             opt_state=_where_tree(stop, carry.opt_state, new_opt_state),
             stopped=stop,
         )
-        record = _StepRecord(info=info, grad_norm=optax.tree.norm(grads), evaluated=jnp.asarray(True), applied=~stop)
+        record = _StepRecord(info=info, grad_norm=optax.tree.norm(grads), grad_nonfinite=nonfinite_leaves(grads),
+                             evaluated=jnp.asarray(True), applied=~stop)
         return next_carry, record
 
     def skip(carry: _StepCarry, indices: jax.Array) -> tuple[_StepCarry, _StepRecord]:
@@ -376,6 +389,9 @@ def update(
         advantage_mean=adv_mean,
         advantage_std=adv_std,
         mask_error=jnp.any(info.mask_error & records.evaluated),
+        loss_nonfinite=jnp.any(~jnp.isfinite(info.loss) & records.evaluated),
+        grad_nonfinite=jnp.any(records.grad_nonfinite & records.evaluated[:, None], axis=0),
+        param_nonfinite=nonfinite_leaves(final.params),
     )
     new_state = TrainState(
         params=final.params,

@@ -1,5 +1,5 @@
 """Run telemetry: reward-component breakdown, metrics.jsonl / TensorBoard writers, learning-curve PNG and the
-``--debug-nans`` leaf finder. Host-side only (numpy / Python); nothing here is traced.
+leaf-path helpers the trainer's non-finite stop names leaves with. Host-side only (numpy / Python); nothing here is traced.
 
 ``RewardComponentsTelemetry`` keeps upstream's field names (ppo.md §7.7) so dashboards built on simic's
 ``to_dict`` keep working; ``to_dict`` is written out explicitly (upstream's hot-path choice) and a test keeps it in
@@ -239,7 +239,7 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# --debug-nans
+# Leaf paths (the non-finite stop in esper_jax/nonfinite.py names leaves by these)
 # ---------------------------------------------------------------------------------------------------------------
 
 

@@ -49,9 +49,12 @@ class Args:
     distributed: Annotated[DistributedConfig, __import__("tyro").conf.arg(name="")] = DistributedConfig()
     sources: Annotated[Sources, __import__("tyro").conf.arg(name="")] = Sources()
     out: Path | None = None
-    """Run directory (default runs/<preset>-seed<seed>-<time>). Must not already hold checkpoints."""
+    """Run directory (default runs/<preset>-seed<seed>-<time>). Must be absent or empty (see --overwrite)."""
+    overwrite: bool = False
+    """Replace the previous run in --out (its config, metrics, TensorBoard events, checkpoints, plots, eval)."""
     debug_nans: bool = False
-    """After every update, find the first parameter or gradient leaf with NaN/Inf and stop naming its path."""
+    """A run always stops at the first interval with NaN/Inf, naming the first offending gradient/parameter leaf;
+    with this flag the error lists every offending leaf."""
     max_intervals: int | None = None
     """Stop (with a checkpoint) after this many intervals in this invocation; resume later with --resume."""
 
@@ -85,7 +88,10 @@ def build_static(cfg: TrainingConfig) -> Static:
     from esper_jax import env as env_mod
     from esper_jax import outcomes
 
-    env = env_mod.make(cfg.env_kind, cfg.env)
+    try:
+        env = env_mod.make(cfg.env_kind, cfg.env)
+    except (TypeError, ValueError) as exc:  # e.g. slots the task does not have: an error line, not a traceback
+        raise ConfigError(str(exc)) from None
     # The rollout reduces the env's StepInfo to per-interval totals inside the compiled call (esper_jax.outcomes).
     rollout_config = dataclasses.replace(cfg.rollout, info_totals=outcomes.step_totals)
     return Static(env=env, network=cfg.network, ppo=cfg.ppo, rollout=rollout_config)
@@ -116,26 +122,11 @@ def strong_types(tree: Any) -> Any:
     return jax.tree.map(lambda x: x if isinstance(x, np.ndarray) else jnp.asarray(x, dtype=jnp.asarray(x).dtype), tree)
 
 
-def _grads(params, trajectory, train_state, static: Static):
-    import jax
-
-    from esper_jax import ppo
-
-    batch, _ = ppo.prepare_batch(trajectory, static.ppo)
-    coef = ppo.entropy_coefficient(static.ppo, train_state.train_steps)
-    loss_fn = functools.partial(ppo.compute_loss, config=static.ppo, network_config=static.network)
-    return jax.grad(lambda p: loss_fn(p, batch, coef)[0])(params)
-
-
 @functools.cache
-def _interval_fn(static: Static, num_iterations: int, debug_nans: bool, layout):
+def _interval_fn(static: Static, num_iterations: int, layout):
     import jax
-    import jax.numpy as jnp
 
     from esper_jax import ppo, rollout
-
-    def nonfinite_flags(tree):
-        return jnp.stack([~jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)])
 
     def body(carry, key):
         train_state, runner = carry
@@ -146,11 +137,7 @@ def _interval_fn(static: Static, num_iterations: int, debug_nans: bool, layout):
         )
         traj = layout.constrain_trajectory(traj)
         new_state, um = ppo.update(train_state, traj, k_update, config=static.ppo, network_config=static.network)
-        out = {"rollout": rm, "update": um}
-        if debug_nans:
-            out["grad_nonfinite"] = nonfinite_flags(_grads(train_state.params, traj, train_state, static))
-            out["param_nonfinite"] = nonfinite_flags(new_state.params)
-        return (new_state, runner), out
+        return (new_state, runner), {"rollout": rm, "update": um}
 
     def run(train_state, runner, key):
         key, sub = jax.random.split(key)
@@ -278,6 +265,8 @@ class TrainResult:
     records: list[dict[str, Any]]
     evaluation: dict[str, Any] | None
     finished: bool
+    interrupted: bool = False  # stopped by Ctrl-C after checkpointing the last completed interval
+    skipped_checkpoints: tuple[str, ...] = ()  # newer checkpoints found corrupt when resuming (one line each)
 
 
 def _scalar(x) -> float:
@@ -340,6 +329,7 @@ def train(
     run_dir: Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     debug_nans: bool = False,
     max_intervals: int | None = None,
     evaluate: bool = True,
@@ -351,8 +341,9 @@ def train(
     import numpy as np
 
     from esper_jax import distributed as dist
-    from esper_jax import telemetry
-    from esper_jax.checkpoint import Checkpointer, CheckpointError
+    from esper_jax import nonfinite, rundir, telemetry
+    from esper_jax.checkpoint import Checkpointer
+    from esper_jax.interrupt import StopRequest
 
     run_dir = Path(run_dir)
     dist.initialize(distributed.coordinator, distributed.num_processes, distributed.process_id)
@@ -362,9 +353,9 @@ def train(
 
     if resume:
         ckpt = Checkpointer(run_dir, cfg.checkpoints.keep, create=False)
-        ckpt.check(config_dict)  # refuse a mismatched run before building anything
         reference = initial_state(cfg, static)
-        state, meta = ckpt.restore(layout.abstract(reference), config_dict)
+        # A corrupt newest checkpoint falls back to the newest intact one; a config mismatch is refused outright.
+        state, meta, skipped = ckpt.restore_newest_intact(layout.abstract(reference), config_dict)
         # Same avals (dtype, weak type) and placement as a fresh state, so the compiled interval is reused.
         state = jax.tree.map(
             lambda ref, x: np.asarray(x, dtype=ref.dtype) if isinstance(ref, np.ndarray)
@@ -372,9 +363,9 @@ def train(
             reference, state,
         )
     else:
-        if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
-            raise CheckpointError(f"{run_dir} already holds checkpoints; use --resume {run_dir} or another --out")
-        run_dir.mkdir(parents=True, exist_ok=True)
+        skipped = []
+        if layout.is_primary:
+            rundir.prepare_new_run_dir(run_dir, overwrite=overwrite)
         ckpt = Checkpointer(run_dir, cfg.checkpoints.keep, create=True)
         state = initial_state(cfg, static)
     state = layout.place(state)
@@ -388,7 +379,10 @@ def train(
     plots = tele.plots and tele.level != "off" and layout.is_primary
     steps_per_iteration = cfg.n_envs * cfg.episode_length
     total_steps = cfg.num_iterations * steps_per_iteration
-    param_paths = telemetry.leaf_paths(state["train"].params) if debug_nans else None
+    param_paths = telemetry.leaf_paths(state["train"].params)
+    if skipped:
+        print(f"warning: resuming from checkpoint {meta['interval']}; skipped newer corrupt checkpoint(s), their "
+              "intervals will be run again:\n  " + "\n  ".join(skipped), file=sys.stderr)
 
     def save(interval: int) -> None:
         ckpt.save(interval, state, {"config": config_dict})
@@ -403,27 +397,24 @@ def train(
 
     ran = 0
     finished = counters["interval"] >= cfg.num_intervals
+    interrupted = False
+    saved_interval = counters["interval"] if resume else None
+    stop = StopRequest()
     try:
+        stop.__enter__()
         while counters["interval"] < cfg.num_intervals:
             if max_intervals is not None and ran >= max_intervals:
                 break
+            if stop.requested:
+                interrupted = True
+                break
             interval = counters["interval"]
             n_it = cfg.interval_iterations(interval)
-            fn = _interval_fn(static, n_it, debug_nans, layout)
+            fn = _interval_fn(static, n_it, layout)
             t0 = time.perf_counter()
             train_state, runner, key, outs = fn(state["train"], state["runner"], state["key"])
             jax.block_until_ready(train_state.params)
             elapsed = time.perf_counter() - t0
-            if debug_nans:
-                for name, flags_key, _tree in (("gradient", "grad_nonfinite", None), ("parameter", "param_nonfinite", None)):
-                    flags = np.asarray(outs[flags_key])  # [n_it, leaves]
-                    hits = np.argwhere(flags)
-                    if hits.size:
-                        it, leaf = hits[0]
-                        raise FloatingPointError(
-                            f"--debug-nans: {name} leaf {param_paths[leaf]} holds NaN/Inf after the update of "
-                            f"iteration {counters['iteration'] + int(it)} (interval {interval})"
-                        )
             counters["interval"] = interval + 1
             counters["iteration"] += n_it
             counters["env_steps"] += n_it * steps_per_iteration
@@ -433,22 +424,38 @@ def train(
             rec = _interval_record(interval, counters, outs)
             sps = n_it * steps_per_iteration / max(elapsed, 1e-9)
             log.append(rec, timing={"interval_seconds": elapsed, "env_steps_per_second": sps})
+            try:  # the record above shows the bad interval; its state is never checkpointed
+                nonfinite.check_interval(outs, param_paths, interval=interval, first_iteration=counters["iteration"] - n_it,
+                                         every_leaf=debug_nans)
+            except nonfinite.NonFiniteError as exc:
+                last = ("no checkpoint was written yet" if saved_interval is None else
+                        f"the last good checkpoint is {run_dir / 'checkpoints' / str(saved_interval)} "
+                        f"(after {saved_interval} interval(s))")
+                raise nonfinite.NonFiniteError(f"{exc}. Stopped without checkpointing it; {last}.") from None
             ran += 1
             if progress is not None:
                 ret = rec["mean_episode_return"]
                 progress.update(task, completed=counters["env_steps"], it=counters["iteration"], sps=sps,
                                 ret="-" if ret is None else f"{ret:+.3f}")
             done = counters["interval"] >= cfg.num_intervals
-            if done or counters["interval"] % cfg.checkpoints.every == 0 or (
+            if done or stop.requested or counters["interval"] % cfg.checkpoints.every == 0 or (
                     max_intervals is not None and ran >= max_intervals):
                 save(counters["interval"])
+                saved_interval = counters["interval"]
             finished = done
+    except KeyboardInterrupt:  # a second Ctrl-C, mid-interval: keep the last completed interval
+        interrupted = True
+        if saved_interval != counters["interval"]:
+            save(counters["interval"])
     finally:
+        stop.__exit__(None, None, None)
         if progress is not None:
             progress.stop()
         ckpt.close()
 
     evaluation = None
+    if interrupted:
+        finished = False
     if finished and evaluate:
         evaluation = evaluate_baselines(cfg, static, state["train"])
         if layout.is_primary:
@@ -457,7 +464,8 @@ def train(
         if plots:
             telemetry.plot_learning_curves(log.records, run_dir / "learning_curves.png")
     log.close()
-    return TrainResult(run_dir=run_dir, state=state, records=log.records, evaluation=evaluation, finished=finished)
+    return TrainResult(run_dir=run_dir, state=state, records=log.records, evaluation=evaluation, finished=finished,
+                       interrupted=interrupted, skipped_checkpoints=tuple(skipped))
 
 
 def progress_bar(total_steps: int, env_steps: int, iteration: int, iterations: int, console=None, get_time=None):
@@ -515,15 +523,28 @@ def parse_args(argv: list[str]) -> Args:
     spec = dataclasses.make_dataclass("Args", [("train", choice, dataclasses.field(default=default))], bases=(Args,),
                                       frozen=True)
     spec.__doc__ = Args.__doc__
+    parse = functools.partial(tyro.cli, tyro.conf.CascadeSubcommandArgs[spec], args=argv, registry=cli.registry(),
+                              description=__doc__.split("\n\n")[0])
     try:
-        return tyro.cli(tyro.conf.CascadeSubcommandArgs[spec], args=argv, registry=cli.registry(),
-                        description=__doc__.split("\n\n")[0])
+        if sources.resume is not None:
+            # A resumed run offers only its own config; a preset named beside --resume is refused in one line
+            # rather than as tyro's "invalid choice" box.
+            named = [a for a in argv if a in PRESETS]
+            try:
+                parse(console_outputs=False)
+            except SystemExit:
+                if named:
+                    raise ConfigError(f"a preset ({named[0]}) cannot be combined with --resume: a resumed run keeps "
+                                      "the config in its config.json (change the budget with --n-episodes)") from None
+        return parse()
     except (TypeError, ValueError) as exc:  # a section's own validation (PPOConfig, EnvConfig, ...)
         raise ConfigError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
+    from esper_jax import compile_cache
     from esper_jax.checkpoint import CheckpointError
+    from esper_jax.interrupt import EXIT_CODE as INTERRUPTED
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -538,13 +559,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run dir: {run_dir}  (env {cfg.env_kind}, task {cfg.env.task}, slots {list(cfg.env.slots.slot_ids)}, "
               f"{cfg.n_episodes} episodes = {cfg.num_iterations} iterations x {cfg.n_envs} envs x "
               f"{cfg.episode_length} steps, hidden {cfg.network.hidden_dim})", file=sys.stderr)
+        if args.overwrite and args.resume is not None:
+            raise ConfigError("--overwrite cannot be combined with --resume")
+        compile_cache.enable()
         t0 = time.perf_counter()
-        result = train(cfg, run_dir, resume=args.resume is not None, debug_nans=args.debug_nans,
-                       max_intervals=args.max_intervals, distributed=args.distributed)
+        result = train(cfg, run_dir, resume=args.resume is not None, overwrite=args.overwrite,
+                       debug_nans=args.debug_nans, max_intervals=args.max_intervals, distributed=args.distributed)
     except (ConfigError, CheckpointError, FloatingPointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     wall = time.perf_counter() - t0
+    if result.interrupted:
+        interval = int(result.state["counters"]["interval"])
+        print(f"interrupted after {wall:.1f}s: checkpoint saved after {interval} interval(s); resume with\n"
+              f"  python -m esper_jax.train --resume {run_dir}", file=sys.stderr)
+        return INTERRUPTED
     if result.evaluation is not None:
         print(comparison_line(result.evaluation, cfg.eval_episodes))
     print(f"{'finished' if result.finished else 'stopped'} after {wall:.1f}s; run dir {run_dir}")

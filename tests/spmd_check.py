@@ -163,7 +163,7 @@ def check_interval(devices: int) -> dict:
     for n in (1, devices):
         layout = distributed.make_layout(num_envs, n)
         state = layout.place(fresh)
-        fn = train._interval_fn(static, 1, False, layout)
+        fn = train._interval_fn(static, 1, layout)
         outs, first = [], None
         for _ in range(3):
             train_state, runner, key, out = fn(state["train"], state["runner"], state["key"])

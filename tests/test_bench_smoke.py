@@ -68,8 +68,8 @@ def test_quick_suite_writes_results(quick_run):
     assert proc.returncode == 0
     payload = json.loads((out / "results.json").read_text())
     assert payload["rows"] and payload["host"]["jax_device"]
-    if (out / "throughput.png").exists():  # only when matplotlib is installed
-        assert (out / "throughput.png").stat().st_size > 0
+    # matplotlib is a dependency of esper-jax: the plot is always written
+    assert (out / "throughput.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_plot_keeps_sim_and_host_train_rows_on_separate_lines():

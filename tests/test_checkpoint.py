@@ -44,7 +44,12 @@ def test_round_trip(tmp_path):
 
 def test_budget_change_is_compatible(tmp_path):
     _save(tmp_path).close()
-    Checkpointer(tmp_path, create=False).restore(_state(), dict(CONFIG, n_episodes=16))
+    state, meta = Checkpointer(tmp_path, create=False).restore(_state(scale=0.0), dict(CONFIG, n_episodes=16))
+    saved = _state()
+    np.testing.assert_array_equal(state["train"]["w"], saved["train"]["w"])  # the saved values, not the template's
+    assert int(state["train"]["steps"]) == 3 and int(state["counters"]["interval"]) == 2
+    np.testing.assert_array_equal(state["key"], saved["key"])
+    assert meta["interval"] == 2 and meta["config"]["n_episodes"] == 8  # the checkpoint's own config, as written
 
 
 def test_flat_config_of_an_older_checkpoint_is_migrated(tmp_path):

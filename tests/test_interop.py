@@ -93,6 +93,27 @@ def test_misshaped_key_names_key_and_expected_shape(params):
         interop.params_from_torch_state_dict(sd, CFG)
 
 
+def test_bad_dtypes_values_and_hidden_shape_are_named(params):
+    base = interop.torch_state_dict_from_params(params, CFG)
+    sd = dict(base, **{"lstm.weight_hh_l0": np.zeros((64, 15), np.float32)})
+    with pytest.raises(ValueError, match=r"lstm\.weight_hh_l0.*\(4·hidden, hidden\).*\(64, 15\)"):
+        interop.params_from_torch_state_dict(sd)
+    for dtype in (np.float16, np.int64):
+        sd = dict(base, **{"value_head.2.bias": base["value_head.2.bias"].astype(dtype)})
+        with pytest.raises(ValueError, match=rf"value_head\.2\.bias.*dtype {np.dtype(dtype).name}"):
+            interop.params_from_torch_state_dict(sd, CFG)
+    as64 = {k: (v if k.endswith("_null_idx") else v.astype(np.float64)) for k, v in base.items()}
+    with pytest.raises(ValueError, match="float64 but jax_enable_x64 is off"):
+        interop.params_from_torch_state_dict(as64)
+    with jax.enable_x64(True):
+        loaded = interop.params_from_torch_state_dict(as64)
+    assert all(leaf.dtype == np.float64 for leaf in jax.tree.leaves(loaded))
+    sd = dict(base, **{"op_head.2.weight": base["op_head.2.weight"].copy()})
+    sd["op_head.2.weight"][0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"op_head\.2\.weight.*1 NaN/Inf"):
+        interop.params_from_torch_state_dict(sd, CFG)
+
+
 def test_params_side_errors(params):
     broken = jax.tree.map(lambda a: a, params)
     del broken["value_head"]["l2"]

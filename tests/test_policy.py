@@ -184,8 +184,16 @@ def test_empty_mask_raises_outside_jit_and_flags_inside(params):
 def test_nonfinite_inputs_raise(params):
     f, idx = _inputs(13, (E,))
     f = f.at[1, 0].set(jnp.nan)
-    with pytest.raises(ValueError, match="inf/nan.*1 of 6.*network instability"):
-        P.get_action(params, CFG, P.initial_carry(CFG, (E,)), f, idx, P.all_valid_masks(CFG, (E,)), jax.random.key(0))
+    carry, masks, key = P.initial_carry(CFG, (E,)), P.all_valid_masks(CFG, (E,)), jax.random.key(0)
+    # NaN fed in is named as the input's, not blamed on the network
+    with pytest.raises(ValueError, match=r"input features \(6, 114\) holds NaN/Inf in 1 of"):
+        P.get_action(params, CFG, carry, f, idx, masks, key)
+    with pytest.raises(ValueError, match=r"input carry\.c .* holds NaN/Inf"):
+        P.get_action(params, CFG, carry.replace(c=carry.c.at[0].set(jnp.inf)), f.at[1, 0].set(0.0), idx, masks, key)
+    # finite inputs through non-finite weights: that is the network's doing
+    poisoned = jax.tree.map(lambda x: x * jnp.nan, params)
+    with pytest.raises(ValueError, match="inf/nan.*6 of 6.*network instability"):
+        P.get_action(poisoned, CFG, carry, f.at[1, 0].set(0.0), idx, masks, key)
 
 
 def test_bad_inputs_name_the_field(params):

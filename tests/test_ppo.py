@@ -358,9 +358,12 @@ def test_update_is_deterministic_for_a_key_and_reports_metrics(start):
         "policy_loss", "policy_loss_per_head", "value_loss", "entropy", "entropy_per_head", "loss", "approx_kl",
         "clip_fraction", "clip_fraction_positive", "clip_fraction_negative", "ratio_mean", "ratio_max", "ratio_min",
         "explained_variance", "grad_norm", "early_stopped", "steps_applied", "entropy_coef", "advantage_mean",
-        "advantage_std", "mask_error",
+        "advantage_std", "mask_error", "loss_nonfinite", "grad_nonfinite", "param_nonfinite",
     }
     assert {f.name for f in dataclasses.fields(ma)} == expected
+    n_leaves = len(jax.tree.leaves(state.params))
+    assert ma.grad_nonfinite.shape == ma.param_nonfinite.shape == (n_leaves,)
+    assert not (bool(ma.loss_nonfinite) or ma.grad_nonfinite.any() or ma.param_nonfinite.any())
     assert isinstance(ma.policy_loss_per_head, PerHead) and isinstance(ma.entropy_per_head, PerHead)
     for leaf in jax.tree.leaves(ma):
         assert np.all(np.isfinite(np.asarray(leaf, np.float64)))
@@ -370,6 +373,20 @@ def test_update_is_deterministic_for_a_key_and_reports_metrics(start):
     # The obs normaliser took one EMA step from this batch's raw states.
     expected_stats = normalization.update(state.obs_stats, traj.raw_features)
     np.testing.assert_allclose(a.obs_stats.mean, expected_stats.mean, rtol=1e-6, atol=1e-7)
+
+
+def test_update_flags_nonfinite_leaves_from_its_own_gradients(start):
+    """One poisoned leaf: the flags name exactly the leaves whose gradient / new value went NaN, in flatten order."""
+    state, _, traj, _ = start
+    flat, treedef = jax.tree_util.tree_flatten_with_path(state.params)
+    paths = [jax.tree_util.keystr(p) for p, _ in flat]
+    target = next(i for i, p in enumerate(paths) if "value_head" in p and "kernel" in p)
+    leaves = [x.at[(0,) * x.ndim].set(jnp.nan) if i == target else x for i, (_, x) in enumerate(flat)]
+    poisoned = state.replace(params=jax.tree_util.tree_unflatten(treedef, leaves))
+    _, m = ppo.update(poisoned, traj, jax.random.PRNGKey(5), config=LEARN, network_config=NET)
+    assert bool(m.loss_nonfinite) and np.asarray(m.param_nonfinite)[target]
+    grad_flags = np.asarray(m.grad_nonfinite)
+    assert grad_flags[target] and grad_flags.shape == (len(paths),)
 
 
 def test_epochs_and_minibatches_change_the_update(start):
@@ -408,8 +425,24 @@ def test_kl_early_stop_leaves_params_and_optimizer_untouched(start):
     # came from the KL check alone.
 
 
-def _train_on_cue(state, runner, traj, net, iterations: int = 70) -> list[float]:
-    key = jax.random.PRNGKey(10)
+# Learning is judged on the mean over seeds, not one seed: which seeds learn fast depends on float rounding, which
+# differs between CPUs (AVX2 vs AVX-512, native bf16 or not). Measured on an AVX-512 CPU with native bf16, 32 seeds:
+# float32 late-10 mean 0.963 (sd 0.092, min 0.494: one seed in 32 stays memoryless), bf16 0.965 (sd 0.086, min 0.567);
+# the means of four disjoint blocks of 8 seeds ranged 0.917-0.990 (f32) and 0.937-0.989 (bf16). Seed 0 alone gave
+# 0.747 with bf16 there (≥ 0.8 on AVX2). A mean of 8 seeds falls to 0.8 only if about three of them stay memoryless.
+CUE_SEEDS = tuple(range(8))
+CUE_BAR = 0.8
+
+
+def _cue_late_return(net, seed: int, iterations: int = 70) -> float:
+    """Mean return of the last 10 of ``iterations`` batches, training from seed ``seed`` (seed 0: the keys of
+    ``start``)."""
+    state = ppo.create_train_state(jax.random.PRNGKey(seed), LEARN, net)
+    runner = rollout.init_runner(CUE, net, NUM_ENVS, jax.random.PRNGKey(seed + 1))
+    runner, traj, _ = rollout.collect(
+        CUE, state.params, runner, state.obs_stats, jax.random.PRNGKey(seed + 2), network_config=net, config=ROLLOUT
+    )
+    key = jax.random.PRNGKey(10 + seed)
     returns = []
     for _ in range(iterations):
         key, k_update, k_collect = jax.random.split(key, 3)
@@ -418,17 +451,17 @@ def _train_on_cue(state, runner, traj, net, iterations: int = 70) -> list[float]
             CUE, state.params, runner, state.obs_stats, k_collect, network_config=net, config=ROLLOUT
         )
         returns.append(float(metrics.mean_episode_return))
-    return returns
+    return float(np.mean(returns[-10:]))
 
 
 def test_ppo_learns_the_recurrent_cue_task(start):
     """A memoryless policy scores ≤ 0.5 in expectation; the std of a 640-episode mean at p = 0.5 is 0.02, so a
-    mean of 0.8 over the last 10 batches is 15σ away from anything a policy without recurrence could reach."""
-    state, runner, traj, first_metrics = start
+    mean of 0.8 over the last 10 batches and 8 seeds is far from anything a policy without recurrence reaches."""
+    _, _, _, first_metrics = start
     assert abs(float(first_metrics.mean_episode_return) - 0.5) < 0.2  # the fresh policy is near-uniform
-    late = float(np.mean(_train_on_cue(state, runner, traj, NET)[-10:]))
-    print(f"cue task mean return: first {float(first_metrics.mean_episode_return):.3f}, last 10 batches {late:.3f}")
-    assert late >= 0.8
+    late = [_cue_late_return(NET, seed) for seed in CUE_SEEDS]
+    print(f"cue task mean return of the last 10 batches per seed: {np.round(late, 3)}, mean {np.mean(late):.3f}")
+    assert np.mean(late) >= CUE_BAR
 
 
 def test_ppo_learns_the_recurrent_cue_task_with_bf16_matmuls():
@@ -437,10 +470,6 @@ def test_ppo_learns_the_recurrent_cue_task_with_bf16_matmuls():
     net = dataclasses.replace(NET, matmul_dtype="bfloat16")
     state = ppo.create_train_state(jax.random.PRNGKey(0), LEARN, net)
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.params))
-    runner = rollout.init_runner(CUE, net, NUM_ENVS, jax.random.PRNGKey(1))
-    runner, traj, _ = rollout.collect(
-        CUE, state.params, runner, state.obs_stats, jax.random.PRNGKey(2), network_config=net, config=ROLLOUT
-    )
-    late = float(np.mean(_train_on_cue(state, runner, traj, net)[-10:]))
-    print(f"cue task with bf16 matmuls: last 10 batches {late:.3f}")
-    assert late >= 0.8
+    late = [_cue_late_return(net, seed) for seed in CUE_SEEDS]
+    print(f"cue task with bf16 matmuls, last 10 batches per seed: {np.round(late, 3)}, mean {np.mean(late):.3f}")
+    assert np.mean(late) >= CUE_BAR

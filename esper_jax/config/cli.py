@@ -4,7 +4,7 @@
 Presets are tyro subcommands (``python -m esper_jax.train cifar10 --seed 3``); the ``default`` one is implied, and
 flags may come before or after the preset name (``tyro.conf.CascadeSubcommandArgs``). A ``--config FILE`` or the
 run directory of ``--resume`` replaces the presets' values before the flags apply; tyro reads those two paths in a
-first pass over the same argv. ``--compat`` and ``--episode-length`` set every section's copy of a shared value
+first pass over the same argv. ``--compat``, ``--episode-length`` and ``--slots`` set every section's copy of a shared value
 (``SHARED``); the sections' own flags still exist, and naming both is refused.
 """
 
@@ -121,8 +121,8 @@ def registry():
             for name, (tp, copies) in SHARED.items()
         )
 
-        def instantiate(compat=None, episode_length=None, **sections):
-            return TrainingConfig(**apply_shared(sections, compat=compat, episode_length=episode_length))
+        def instantiate(compat=None, episode_length=None, slots=None, **sections):
+            return TrainingConfig(**apply_shared(sections, compat=compat, episode_length=episode_length, slots=slots))
 
         return StructConstructorSpec(instantiate=instantiate, fields=extra + spec.fields)
 
@@ -134,6 +134,7 @@ def registry():
 SHARED: dict[str, tuple[Any, tuple[str, ...]]] = {
     "compat": (Literal["upstream", "fixed"] | None, ("env.compat", "ppo.compat", "rollout.compat")),
     "episode_length": (int | None, ("env.episode-length", "rollout.num-steps")),
+    "slots": (tuple[str, ...] | None, ("env.slots.slot-ids", "network.num-slots")),
 }
 
 
@@ -151,6 +152,13 @@ def apply_shared(sections: dict, **values: Any) -> dict:
     out = dict(sections)
     for name, value in values.items():
         if value is None:
+            continue
+        if name == "slots":  # the slot ids and, from their count, the network's slot axis
+            from esper_jax.slots import SlotConfig
+
+            slot_config = SlotConfig(tuple(value))
+            out["env"] = dataclasses.replace(out["env"], slots=slot_config)
+            out["network"] = dataclasses.replace(out["network"], num_slots=len(slot_config.slot_ids))
             continue
         for path in SHARED[name][1]:
             section, field = path.replace("-", "_").split(".")
