@@ -1,4 +1,4 @@
-"""``python -m bench``: the benchmark suite of bench.md (features, rollout, update, train, compile) + scaling.
+"""``python -m bench``: the benchmark suite of docs/benchmarks.md (features, rollout, update, train, compile) + scaling.
 
 Prints one JSON line per measurement as it completes, then a markdown table; ``--out DIR`` also writes
 ``DIR/results.json`` and ``DIR/throughput.png``. ``--quick`` runs every benchmark at its smallest size (the test

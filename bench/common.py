@@ -1,4 +1,4 @@
-"""Timing, device description and reporting shared by every benchmark (bench.md).
+"""Timing, device description and reporting shared by every benchmark (docs/benchmarks.md).
 
 A benchmark module builds its inputs, hands a zero-argument callable to :func:`time_jax` or :func:`time_torch`,
 and turns the :class:`Timing` into a :class:`Measurement`. Everything a reader needs to interpret a figure

@@ -21,7 +21,7 @@ from esper_jax import policy
 from esper_jax.contracts import HEAD_NAMES, PerHead
 
 NAME = "compile"
-TARGET_TRAIN_INTERVAL_S = 60.0  # bench.md: full train interval compiles in <= 60 s on CPU
+TARGET_TRAIN_INTERVAL_S = 60.0  # docs/benchmarks.md: full train interval compiles in <= 60 s on CPU
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,4 +1,4 @@
-"""Advantages for the PPO update (ppo.md §4) and the env-major ``Batch`` built from a ``Trajectory``: per-env GAE as a backwards ``lax.scan``, advantage normalisation and
+"""Advantages for the PPO update (docs/policy-and-ppo.md#ppo-update) and the env-major ``Batch`` built from a ``Trajectory``: per-env GAE as a backwards ``lax.scan``, advantage normalisation and
 explained variance, all masked by the valid (real-transition) steps.
 
 A truncation bootstraps from the stored ``Q(s', argmax op)``, a true terminal (done ∧ ¬truncated) does not.
@@ -91,7 +91,7 @@ def gae(
     gae_lambda: float,
     lengths: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Per-env GAE exactly as ppo.md §4. Inputs ``[E, T]`` (env-major), ``lengths [E]`` valid steps per env
+    """Per-env GAE exactly as upstream (docs/policy-and-ppo.md#ppo-update). Inputs ``[E, T]`` (env-major), ``lengths [E]`` valid steps per env
     (default T). Returns (advantages, returns) ``[E, T]`` float32, 0 beyond each env's length. No mixing
     across envs: each row is its own backwards scan."""
     rewards = jnp.asarray(rewards, jnp.float32)

@@ -1,4 +1,4 @@
-"""Orbax checkpoints of a training run (ppo.md §13.8: save everything needed to continue bit-for-bit).
+"""Orbax checkpoints of a training run (docs/architecture.md#interval: save everything needed to continue bit-for-bit).
 
 A checkpoint (``RUN_DIR/checkpoints/<interval>``, orbax ``CheckpointManager``) holds
 

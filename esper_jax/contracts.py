@@ -1,8 +1,8 @@
 """The shared vocabulary of esper-jax: enums, sizes, slot ordering and the observation layout (the last two live in
 ``esper_jax.slots`` and ``esper_jax.feature_layout`` and are re-exported here).
 
-Everything here mirrors esper-lite 0872525b (``leyline``) value for value, so that integer codes stored in
-observations, actions and checkpoints mean the same thing on both sides. See ``shared/spec/policy.md`` §0–§3.
+Everything here mirrors upstream esper-lite (``leyline``) value for value, so that integer codes stored in
+observations, actions and checkpoints mean the same thing on both sides. See docs/policy-and-ppo.md#masks.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ FOSSILIZABLE_STAGES: tuple[SeedStage, ...] = tuple(
 )
 ADVANCEABLE_STAGES: tuple[SeedStage, ...] = (SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING)
 ALPHA_SETTABLE_STAGES: tuple[SeedStage, ...] = (SeedStage.BLENDING, SeedStage.HOLDING)
-MIN_PRUNE_AGE = 1  # esper-lite HEAD uses 5; 0872525b uses 1.
+MIN_PRUNE_AGE = 1  # upstream uses 1 (later esper-lite uses 5).
 
 # --------------------------------------------------------------------------------------------------------------
 # Factored actions (leyline/factored_actions.py, leyline/alpha.py)
@@ -197,7 +197,7 @@ STYLE_TO_KASMINA: dict[GerminationStyle, tuple[str, AlphaAlgorithm]] = {
     GerminationStyle.SIGMOID_ADD: ("sigmoid", AlphaAlgorithm.ADD),
     GerminationStyle.GATED_GATE: ("gated", AlphaAlgorithm.GATE),
 }
-# The style every op other than GERMINATE / SET_ALPHA_TARGET is forced to (policy.md §3.5).
+# The style every op other than GERMINATE / SET_ALPHA_TARGET is forced to (docs/policy-and-ppo.md#masks).
 CANONICAL_STYLE = GerminationStyle.SIGMOID_ADD
 
 

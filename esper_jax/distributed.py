@@ -14,7 +14,7 @@ The math is the single-device math: every random key is split for the *global* e
 comes from the update key and the global env count, so the same seed gives the same samples on 1 or N devices.
 What can differ is the order of float additions over the sharded axis (per-device partial sums, then an
 all-reduce) and the CPU kernels picked for the smaller per-device batches, which moves results by float32
-rounding (``tests/test_distributed.py`` checks it against parity.md's update bound).
+rounding (``tests/test_distributed.py`` checks it against docs/parity.md's update bound).
 
 Multi-host: :func:`initialize` calls ``jax.distributed.initialize()`` when the process was launched by a cluster
 manager (SLURM, Open MPI / PMI, a multi-host TPU slice, or ``JAX_COORDINATOR_ADDRESS``) or when a coordinator is

@@ -1,4 +1,4 @@
-"""Masked categorical distribution, as esper-lite 0872525b's ``MaskedCategorical`` (policy.md §4).
+"""Masked categorical distribution, as upstream's ``MaskedCategorical`` (docs/policy-and-ppo.md#distributions).
 
 Pure ``jnp`` functions, shape-polymorphic over leading axes: the action axis is always the last one. Invalid
 entries are filled with ``MASKED_LOGIT_VALUE`` (-1e4) in the logits' own dtype, never -inf, so an all-invalid row
@@ -81,7 +81,7 @@ def masked_log_prob(masked_logits: jax.Array, action: jax.Array) -> jax.Array:
 
 
 def entropy(logits: jax.Array, mask: jax.Array) -> jax.Array:
-    """Normalised entropy H / ln(n_valid) over the valid actions, in [0, 1] (policy.md §4.2).
+    """Normalised entropy H / ln(n_valid) over the valid actions, in [0, 1] (docs/policy-and-ppo.md#distributions).
 
     Masked entries contribute exactly 0 (multiplied by the mask); rows with a single valid action (or none) are
     exactly 0.0 through a ``where``, not through arithmetic.

@@ -1,4 +1,4 @@
-"""Observation -> feature vector ("Obs V3", policy.md §1), vectorised over slots and envs.
+"""Observation -> feature vector ("Obs V3", docs/policy-and-ppo.md#features), vectorised over slots and envs.
 
 ``extract`` turns an :class:`~esper_jax.observation.Observation` with 0, 1 or 2 (or more) leading batch axes into
 ``Features(features float32 [..., 24 + 30·S], blueprint_indices int32 [..., S])``. The per-env function works on
@@ -7,12 +7,12 @@ ticket B10-CR-02: upstream loops over envs and slots in Python).
 
 Compatibility modes (``compat``; everything not in this table is identical in both modes):
 
-| feature                    | "upstream" (esper-lite 0872525b)  | "fixed" (default)                  |
+| feature                    | "upstream"                        | "fixed" (default)                  |
 |----------------------------|-----------------------------------|------------------------------------|
 | base 13-15 (stage counts)  | count / 3.0 for any slot count S  | count / S (always within [0, 1])   |
 | slot 22 (interaction_sum)  | min(x / 10, 1), no lower clamp    | clip(x / 10, -1, 1)                |
 
-Both modes keep upstream's other choices (policy.md §8 item 13): epoch/150 unclamped, host_stabilized 0,
+Both modes keep upstream's other choices (docs/compat.md#policy-side): epoch/150 unclamped, host_stabilized 0,
 zero-padded histories, cap25 without a lower clamp, gradient-health defaults of 1.0, the contribution fallback and
 a zero one-hot for invalid stage values. NaN handling follows upstream's Python ``max(lo, min(x, hi))``: a NaN
 input to a two-sided clip reads as ``lo``; ``min(x, hi)`` alone (interaction_sum upstream, cap25) keeps NaN.
@@ -52,7 +52,7 @@ from esper_jax.observation import Observation, Signals, SlotReports, signal_dtyp
 
 __all__ = ["Features", "extract", "extract_single", "validate_observation"]
 
-# Scales of upstream's per-slot normalisation (features.py at 0872525b), named here because contracts.py does not.
+# Scales of upstream's per-slot normalisation (upstream's features.py), named here because contracts.py does not.
 CONTRIBUTION_SCALE = 10.0  # percentage points -> [-1, 1] for contribution and its velocity
 BLEND_TEMPO_SCALE = 12.0
 ALPHA_MODE_SCALE = 2.0  # max AlphaMode value

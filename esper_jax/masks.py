@@ -1,4 +1,4 @@
-"""Action masks (policy.md §3) and causal relevance (§2.2), as pure functions of an Observation.
+"""Action masks and causal relevance (docs/policy-and-ppo.md#masks), as pure functions of an Observation.
 
 Upstream (``tamiyo/policy/action_masks.py``) builds each env's masks with Python loops over slots and stacks envs
 one by one. Here the rules are written once for a single env as array expressions over the slot axis, then vmapped
@@ -98,7 +98,7 @@ def _env_masks(
     total_seeds: jnp.ndarray,
     config: MaskConfig,
 ) -> PerHead:
-    """The rules of policy.md §3.2 for one env: slot fields are [S], ``total_seeds`` is a scalar."""
+    """The rules of docs/policy-and-ppo.md#masks for one env: slot fields are [S], ``total_seeds`` is a scalar."""
     enabled = enabled.astype(bool)
     has_report = has_report.astype(bool)
     stage = stage.astype(jnp.int32)
@@ -179,7 +179,7 @@ _CAUSAL_TABLE = np.asarray(CAUSAL_RELEVANCE, dtype=bool)  # [op, head]
 
 
 def causal_relevance(op: jnp.ndarray) -> PerHead:
-    """Which heads' choices mattered for each op (policy.md §2.2): ``PerHead`` of bool arrays shaped like ``op``.
+    """Which heads' choices mattered for each op (docs/policy-and-ppo.md#masks): ``PerHead`` of bool arrays shaped like ``op``.
 
     Read from ``CAUSAL_RELEVANCE``. The op head is always relevant. An op value outside LifecycleOp makes no
     other head relevant (upstream's formula would mark ``slot`` relevant for it, being ``op != WAIT``); sampled
@@ -198,7 +198,7 @@ def expand_time(masks: PerHead, num_steps: int = 1) -> PerHead:
     """Give single-step masks a time axis: each ``[..., n]`` leaf becomes ``[..., num_steps, n]`` (a broadcast).
 
     The counterpart of upstream's ``expand_mask``, which ``LSTMPolicyBundle.forward`` re-created as a closure on
-    every call (seed 001): this is one module-level function, traced once per input shape. Heads set to None stay
+    every call: this is one module-level function, traced once per input shape. Heads set to None stay
     None (they are not pytree leaves).
     """
     if num_steps < 1:

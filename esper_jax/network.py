@@ -1,4 +1,4 @@
-"""``FactoredRecurrentActorCritic`` in flax.linen, layer for layer as esper-lite 0872525b (policy.md §5).
+"""``FactoredRecurrentActorCritic`` in flax.linen, layer for layer as upstream (docs/policy-and-ppo.md#network).
 
 Layout mirrors ``reference_torch/network.py``: blueprint embedding → feature net (Linear → LayerNorm → ReLU) →
 LSTM (torch gate order i, f, g, o; two bias vectors) → LayerNorm on the output sequence → eight policy heads and

@@ -1,6 +1,6 @@
-"""Observation and reward normalisers as pytrees + pure functions (ppo.md §8, policy.md §1.9).
+"""Observation and reward normalisers as pytrees + pure functions (docs/environment.md#reward-normalisation, docs/policy-and-ppo.md#features).
 
-Both mirror ``esper.simic.control.normalization`` at esper-lite 0872525b:
+Both mirror ``esper.simic.control.normalization`` upstream:
 
 * ``RunningMeanStd`` — observation normaliser. Starts at mean 0, var 1, count 1e-4; ``normalize`` is
   ``clip((x − mean)/sqrt(var + 1e-4), ±10)``. With ``momentum`` set (always, in the training loop, at 0.99) an

@@ -2,7 +2,7 @@
 
 Written for one env; a batch of envs is the same pytree with a leading env axis on every leaf (``[E, ...]``), and
 per-slot leaves carry the slot axis next (``[E, S]``), in ``SlotConfig`` order. The fields are upstream's
-``TrainingSignals``, ``SeedStateReport`` and the caller-side env state (policy.md §1.1, §1.9), flattened into
+``TrainingSignals``, ``SeedStateReport`` and the caller-side env state (docs/policy-and-ppo.md#features, docs/environment.md#signals-and-observation), flattened into
 fixed-shape arrays: an absent slot report is ``has_report = False`` (its other fields are ignored), a ``None``
 counterfactual is ``has_counterfactual = False``, missing telemetry is ``has_telemetry = False``.
 """
@@ -106,7 +106,7 @@ _SIGNAL_DTYPES: dict[str, jnp.dtype] = {
 def empty_observation(num_slots: int, batch_shape: tuple[int, ...] = ()) -> Observation:
     """An episode-start observation: epoch 0, no seeds, every slot enabled and empty, last action a successful WAIT.
 
-    Defaults follow upstream's caller-side state after reset (policy.md §1.9).
+    Defaults follow upstream's caller-side state after reset (docs/environment.md#signals-and-observation).
     """
     if num_slots < 1:
         raise ValueError(f"num_slots must be >= 1, got {num_slots}")

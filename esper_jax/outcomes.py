@@ -8,7 +8,7 @@ Two halves:
   and steps inside the compiled interval. Any other info pytree (an env without ``StepInfo``) maps to ``{}``: the
   rollout then carries nothing and the record has no env-outcome keys.
 * ``interval_summary(totals, op_counts)`` — host side: turns the summed totals into the metrics.jsonl entries,
-  reward components under ``RewardComponentsTelemetry``'s names (ppo.md §7.7).
+  reward components under ``RewardComponentsTelemetry``'s names (docs/environment.md#log-names).
 """
 
 from __future__ import annotations

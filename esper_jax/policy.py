@@ -1,4 +1,5 @@
-"""The Tamiyo policy bundle as pure functions (esper-lite 0872525b ``LSTMPolicyBundle`` + network methods, §5–§6).
+"""The Tamiyo policy bundle as pure functions (upstream's ``LSTMPolicyBundle`` + network methods;
+docs/policy-and-ppo.md#policy-functions).
 
 Each public function validates on the host what can be validated (shapes always; values of concrete arrays:
 empty mask rows → ``InvalidStateMachineError``, blueprint index >= 14 → ``ValueError``, NaN/inf logits →
@@ -7,9 +8,9 @@ Inside an outer jit the value checks are skipped (the arrays are tracers) and th
 (``mask_error``, ``index_error``, ``nonfinite_error``) carry the same information; outputs stay finite.
 ``validate=False`` skips the host checks (no device sync), like upstream's ``MaskedCategorical.validate``.
 
-Which op feeds Q (policy.md §5.10): ``get_action`` stochastic → the sampled op; deterministic → argmax op;
+Which op feeds Q: ``get_action`` stochastic → the sampled op; deterministic → argmax op;
 ``evaluate_actions`` → the stored op; ``value`` → the op you pass. Upstream's bundle ``get_value`` instead samples
-the op from the *unmasked* op softmax (stochastic, debug-only per seed 003, unused by training); it is not
+the op from the *unmasked* op softmax (stochastic, a debug-only path unused by training); it is not
 reproduced — use ``value`` with an explicit op, or ``q_values`` for all six.
 """
 
@@ -414,8 +415,8 @@ def value(
 ) -> jax.Array:
     """Q(s, op) ``[E]`` for one step and a given op ``[E]`` (e.g. the argmax op for a bootstrap).
 
-    Not upstream's bundle ``get_value``, which draws the op from the unmasked op distribution (seed 003: a
-    debug-only path); choosing the op explicitly keeps this deterministic.
+    Not upstream's bundle ``get_value``, which draws the op from the unmasked op distribution (a debug-only
+    path); choosing the op explicitly keeps this deterministic.
     """
     validate_inputs(config, features, blueprint_indices, time_axis=False)
     lead = tuple(np.shape(features)[:-1])

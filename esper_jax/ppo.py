@@ -1,4 +1,4 @@
-"""Recurrent factored PPO (simic ``PPOAgent.update`` at esper-lite 0872525b, ppo.md §4–§6), as one jit-compiled
+"""Recurrent factored PPO (upstream simic's ``PPOAgent.update``; docs/policy-and-ppo.md#ppo-update), as one jit-compiled
 ``update`` over a ``Trajectory``.
 
 The update's parts live in role-named modules, all re-exported here: ``advantages`` (GAE, advantage
@@ -27,12 +27,12 @@ Algorithm (defaults reduce exactly to upstream's single full-batch step):
 
 Quirks reproduced under ``compat="upstream"`` and corrected under ``compat="fixed"`` (the README copies this list):
 
-| quirk | ``upstream`` (esper-lite 0872525b) | ``fixed`` (default) |
+| quirk | ``upstream`` | ``fixed`` (default) |
 |---|---|---|
-| states stored for the update (ppo.md §3.3) | raw states; the update evaluates raw states while the rollout's old log-probs/values came from normalised ones | the normalised states the rollout acted on are stored and evaluated |
-| truncation bootstrap LSTM state (ppo.md §3.1) | zeros (the done env's carry is reset before the bootstrap pass) | the post-step carry of the truncated step |
+| states stored for the update | raw states; the update evaluates raw states while the rollout's old log-probs/values came from normalised ones | the normalised states the rollout acted on are stored and evaluated |
+| truncation bootstrap LSTM state | zeros (the done env's carry is reset before the bootstrap pass) | the post-step carry of the truncated step |
 
-Behaviour kept in both modes because it *is* the algorithm at this commit (ppo.md §13): per-head loss **sum**
+Behaviour kept in both modes because it *is* the algorithm upstream (docs/compat.md#policy-side): per-head loss **sum**
 (not mean); the unclipped value loss has no 0.5 factor; the KL check precedes the step; the adaptive entropy floor
 is a dead knob (accepted, no effect); one gradient step per batch by default.
 """
@@ -113,11 +113,11 @@ def _integer(name: str, value: Any, minimum: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class PPOConfig:
-    """Every loss/optimiser knob of the PPO update (ppo.md §5, §6, §12). Frozen and hashable (jit static).
+    """Every loss/optimiser knob of the PPO update (docs/policy-and-ppo.md#ppo-update). Frozen and hashable (jit static).
 
     ``entropy_coef_per_head`` accepts a mapping head → multiplier (a missing head gets 1.0, as upstream); it is
     stored as a tuple of (head, value) pairs in HEAD_NAMES order so the config stays hashable.
-    ``adaptive_entropy_floor`` is accepted for config compatibility but has no effect (dead at 0872525b).
+    ``adaptive_entropy_floor`` is accepted for config compatibility but has no effect (dead upstream).
     """
 
     gamma: float = 0.995

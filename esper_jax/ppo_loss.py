@@ -1,10 +1,10 @@
-"""The factored PPO loss (ppo.md §5–§6): per-head clipped surrogates with causal masks on the advantages, the
+"""The factored PPO loss (docs/policy-and-ppo.md#ppo-update): per-head clipped surrogates with causal masks on the advantages, the
 (clipped) value loss and the per-head weighted entropy bonus, plus the diagnostics of one forward pass.
 
 Loss = Σ_heads clipped surrogate (per-head ratios, causal masks on the advantages, masked means over max(ΣM, 1))
 + value_coef·value loss (clipped: 0.5·mean(max(...)); unclipped: mean(...) without the 0.5)
 − entropy_coef(train_steps)·Σ_h c_h·masked-mean normalised entropy. The per-head **sum** (not mean) and the missing
-0.5 of the unclipped value loss are the algorithm at esper-lite 0872525b (ppo.md §13), kept in both compat modes.
+0.5 of the unclipped value loss are the algorithm upstream (docs/compat.md#policy-side), kept in both compat modes.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ LOG_RATIO_CLAMP = 20.0  # exp(±20) keeps a ratio finite for any log-prob gap
 
 
 def entropy_coefficient(config: PPOConfig, train_steps: jax.Array | int) -> jax.Array:
-    """The scalar entropy coefficient for the update with this ``train_steps`` (ppo.md §6)."""
+    """The scalar entropy coefficient for the update with this ``train_steps`` (docs/policy-and-ppo.md#ppo-update)."""
     floor = config.entropy_coef_min
     if config.entropy_anneal_steps == 0:
         return jnp.asarray(max(config.entropy_coef, floor), jnp.float32)
@@ -88,7 +88,7 @@ def factored_loss(
     entropy_coef: jax.Array,
     config: PPOConfig,
 ) -> LossInfo:
-    """The factored PPO loss of ppo.md §5 from the current policy's per-head log-probs, normalised entropies and
+    """The factored PPO loss of docs/policy-and-ppo.md#ppo-update from the current policy's per-head log-probs, normalised entropies and
     Q(s, stored op) (all ``[B, T]``). Pure; invalid (padded) steps are excluded everywhere."""
     # Heads are stacked on a leading axis [8, B, T] and handled by one set of array ops: the same maths as a loop
     # over heads, but a fraction of the compiled program (and of its compile time).

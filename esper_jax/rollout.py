@@ -1,6 +1,6 @@
 """Compiled rollout collection: ``lax.scan`` over env steps → a ``Trajectory`` pytree ``[T, E, ...]``.
 
-The rollout mirrors simic's collection loop at esper-lite 0872525b (ppo.md §3) with the environment behind a small
+The rollout mirrors simic's collection loop (upstream esper-lite; docs/policy-and-ppo.md#rollout) with the environment behind a small
 functional interface (``esper_jax.env.interface.Environment``, re-exported here), written for ONE env and vmapped here over the env axis:
 
 * ``env.reset(key) -> (state, Observation)``
@@ -19,7 +19,7 @@ features.extract + masks.compute → normalise features with the *frozen* obs st
 truncation bootstrap ``Q(s', argmax op)`` with deterministic ``get_action`` on the post-step observation (only
 traced work when some env truncates) → auto-reset of done envs, and their LSTM carry to zeros.
 
-Quirks by ``compat`` (ppo.md §3.1, §3.3):
+Quirks by ``compat`` (docs/compat.md#policy-side):
 
 | | ``upstream`` | ``fixed`` |
 |---|---|---|

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 __all__ = ["SLOT_ALIASES", "SlotConfig", "canonical_slot_id"]
 
-# Names of seed 004's first layout, accepted as aliases of upstream's grid ids.
+# Names of this port's first slot layout, accepted as aliases of upstream's grid ids.
 SLOT_ALIASES: dict[str, str] = {"early": "r0c0", "mid": "r0c1", "late": "r0c2"}
 
 

@@ -1,9 +1,9 @@
 """Run telemetry: reward-component breakdown, metrics.jsonl / TensorBoard writers, learning-curve PNG and the
 leaf-path helpers the trainer's non-finite stop names leaves with. Host-side only (numpy / Python); nothing here is traced.
 
-``RewardComponentsTelemetry`` keeps upstream's field names (ppo.md §7.7) so dashboards built on simic's
+``RewardComponentsTelemetry`` keeps upstream's field names (docs/environment.md#log-names) so dashboards built on simic's
 ``to_dict`` keep working; ``to_dict`` is written out explicitly (upstream's hot-path choice) and a test keeps it in
-sync with the dataclass fields (seed 004, RT-02).
+sync with the dataclass fields.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ __all__ = [
 
 @dataclasses.dataclass(slots=True)
 class RewardComponentsTelemetry:
-    """Reward breakdown of one step (or a mean over steps). Defaults as upstream (ppo.md §7.7)."""
+    """Reward breakdown of one step (or a mean over steps). Defaults as upstream (docs/environment.md#log-names)."""
 
     base_acc_delta: float = 0.0  # unused upstream
     seed_contribution: float | None = None

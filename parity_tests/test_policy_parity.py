@@ -1,4 +1,4 @@
-"""esper_jax policy vs reference_torch (esper-lite 0872525b network) on transplanted weights (parity.md).
+"""esper_jax policy vs reference_torch (upstream's network) on transplanted weights (docs/parity.md).
 
 Quantities: masked logits, Q(s, op), per-head log-prob and normalised entropy (evaluate_actions with fixed valid
 actions), deterministic (argmax) actions and values from get_action, the carried LSTM state; single steps over slot
@@ -69,8 +69,8 @@ def random_inputs(rng, num_slots, lead, np_dtype):
 
 
 def realistic_masks(rng, num_slots, lead) -> dict[str, np.ndarray]:
-    """Masks from the real mask function (esper_jax.masks) on random valid slot states (parity.md: "masks drawn
-    from the real mask function"). At least one slot is enabled per row, as in training, where the slot head would
+    """Masks from the real mask function (esper_jax.masks) on random valid slot states (docs/parity.md: "masks from the real mask
+    function"). At least one slot is enabled per row, as in training, where the slot head would
     otherwise have no valid action; the topology alternates so both blueprint sets are exercised."""
     obs = random_observation(rng, num_slots, tuple(lead), p_enabled=0.8)
     forced = np.arange(num_slots) == rng.integers(0, num_slots, size=lead)[..., None]

@@ -3,7 +3,7 @@
 Both sides start from the same weights (torch init → ``interop.params_from_torch_state_dict``) and see the same
 buffer: states/masks from the real feature and mask functions on random observations, actions drawn from the
 env masks (style canonicalised by the op, as the rollout does), old log-probs/values = current ones plus noise so
-that ratios spread over the clip range. Tolerances from parity.md; every test prints its observed error.
+that ratios spread over the clip range. Tolerances from docs/parity.md; every test prints its observed error.
 """
 
 from __future__ import annotations

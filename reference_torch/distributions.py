@@ -1,4 +1,4 @@
-"""Masked categorical as esper-lite 0872525b ``tamiyo/policy/action_masks.py`` (policy.md §4).
+"""Masked categorical as upstream's ``tamiyo/policy/action_masks.py`` (docs/policy-and-ppo.md#distributions).
 
 Counterpart of the JAX port's ``distributions`` module. Written the upstream way on purpose (Categorical wrapper, class-level
 ``validate`` toggle, float32 ``log(num_valid)``), since it is the yardstick the JAX port is measured against.
@@ -39,7 +39,7 @@ def _validate_logits(logits: torch.Tensor) -> None:
 class MaskedCategorical:
     """Categorical over masked logits (fill -1e4 in the logits' dtype) with normalised entropy."""
 
-    validate: bool = True  # class-level toggle; training never switches it off at 0872525b
+    validate: bool = True  # class-level toggle; upstream's training never switches it off
 
     def __init__(self, logits: torch.Tensor, mask: torch.Tensor):
         if MaskedCategorical.validate:

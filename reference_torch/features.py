@@ -1,7 +1,7 @@
-"""esper-lite 0872525b's feature extraction, written the upstream way: the baseline for parity and benchmarks.
+"""Upstream's feature extraction, written the upstream way: the baseline for parity and benchmarks.
 
 Per env and per slot Python loops, Python float (float64) maths, one rounding to float32 when each list becomes a
-tensor, blueprint indices through a NumPy int64 array (policy.md §1.1-§1.4). Deliberately not optimised.
+tensor, blueprint indices through a NumPy int64 array (docs/policy-and-ppo.md#features). Deliberately not optimised.
 
 ``compat="fixed"`` applies the same two corrections as the JAX port's features (stage counts divided by the slot
 count, interaction_sum clipped to [-1, 1]) so both modes can be compared.

@@ -1,4 +1,4 @@
-"""The reference's own copy of the esper-lite 0872525b contracts it needs (``src/esper/leyline``: stages.py,
+"""The reference's own copy of the upstream contracts it needs (``src/esper/leyline``: stages.py,
 stage_schema.py, alpha.py, factored_actions.py, slot_config.py, __init__.py), written as upstream writes them.
 
 Deliberately independent of the JAX port: a wrong value on the JAX side must show up as a parity failure, not be
@@ -16,7 +16,7 @@ DEFAULT_GAMMA = 0.995
 MASKED_LOGIT_VALUE: float = -1e4
 DEFAULT_BLUEPRINT_EMBED_DIM = 4
 
-# Compat modes of this port (not upstream's): "upstream" reproduces 0872525b, "fixed" applies the corrections.
+# Compat modes of this port (not upstream's): "upstream" reproduces upstream, "fixed" applies the corrections.
 COMPAT_MODES: tuple[str, ...] = ("upstream", "fixed")
 
 

@@ -1,4 +1,4 @@
-"""Upstream's action masks, written the upstream way (esper-lite 0872525b, ``tamiyo/policy/action_masks.py`` and
+"""Upstream's action masks, written the upstream way (``tamiyo/policy/action_masks.py`` and
 ``leyline/causal_masks.py``): one env at a time, a Python loop over slots, item writes into small torch tensors,
 then ``torch.stack`` over envs. This is the baseline that parity tests and benchmarks compare the JAX port against,
 so its structure (and its cost) is kept as upstream has it, quirks included:
@@ -86,7 +86,7 @@ def compute_action_masks(
     topology: str = "cnn",
     allow_governor_override: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """One env's masks: a dict of 8 bool tensors keyed by head name (policy.md §3.1–§3.2).
+    """One env's masks: a dict of 8 bool tensors keyed by head name (docs/policy-and-ppo.md#masks).
 
     ``enabled_slots`` has no default, so forgetting it is a TypeError, as upstream.
     """
@@ -198,7 +198,7 @@ def compute_batch_masks(
 
 
 def compute_causal_masks(op_actions: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Which heads' choices mattered for each op (policy.md §2.2); works on any shape of op tensor."""
+    """Which heads' choices mattered for each op (docs/policy-and-ppo.md#masks); works on any shape of op tensor."""
     is_wait = op_actions == LifecycleOp.WAIT
     is_germinate = op_actions == LifecycleOp.GERMINATE
     is_set_alpha = op_actions == LifecycleOp.SET_ALPHA_TARGET

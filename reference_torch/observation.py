@@ -1,10 +1,10 @@
 """Upstream-shaped Python objects for the torch reference, and a converter from the JAX port's Observation
 (duck-typed: any object with ``.signals`` and ``.slots`` holding arrays of those field names).
 
-esper-lite 0872525b feeds ``batch_obs_to_features`` lists of per-env objects: ``TrainingSignals`` (leyline/
+Upstream feeds ``batch_obs_to_features`` lists of per-env objects: ``TrainingSignals`` (leyline/
 signals.py), a dict of ``SeedStateReport`` per env keyed by slot id (leyline/reports.py) and a
 ``ParallelEnvState`` (simic/training/parallel_env_state.py). These dataclasses carry exactly the attributes that
-feature extraction reads (policy.md §1.1), with upstream's names, so the reference code reads like upstream's.
+feature extraction reads (docs/policy-and-ppo.md#features), with upstream's names, so the reference code reads like upstream's.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""GAE, factored PPO loss and the update step, written the upstream way in plain torch (esper-lite 0872525b
-``simic/agent/rollout_buffer.py`` + ``simic/agent/ppo.py``, ppo.md §4–§6).
+"""GAE, factored PPO loss and the update step, written the upstream way in plain torch (upstream's
+``simic/agent/rollout_buffer.py`` + ``simic/agent/ppo.py``; docs/policy-and-ppo.md#ppo-update).
 
 Loops over envs and steps in Python, dicts of heads, ``torch.optim.Adam(eps=1e-5)`` and ``clip_grad_norm_``, on
 the reference network's ``evaluate_actions``. The parity tests compare the JAX port against this. The only

@@ -79,7 +79,7 @@ CHECKED_HOLDING_VECTOR = [
 
 
 def holding_example(obs: Observation, slot: int = 0) -> Observation:
-    """The checked HOLDING report of policy.md §1.4."""
+    """The checked HOLDING report of docs/policy-and-ppo.md#features."""
     return with_report(
         obs,
         slot,

@@ -95,7 +95,7 @@ class ReplayEnv:
 
 
 def _max_diffs(a, b) -> dict[str, float]:
-    """Max |a − b| and the largest excess over parity.md's update bound (|a − b| ≤ 1e-6 + 1e-4·|b|; ≤ 0 holds);
+    """Max |a − b| and the largest excess over docs/parity.md's update bound (|a − b| ≤ 1e-6 + 1e-4·|b|; ≤ 0 holds);
     ``exact``: every leaf equal; ``discrete_equal``: every integer/bool leaf equal."""
     max_abs, worst, exact, discrete = 0.0, -np.inf, True, True
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):

@@ -1,4 +1,4 @@
-"""Smoke test of the benchmark suite: ``python -m bench --quick`` runs once and reports (bench.md).
+"""Smoke test of the benchmark suite: ``python -m bench --quick`` runs once and reports (docs/benchmarks.md).
 
 Not a speed check: it asserts that every benchmark produced parseable JSON lines carrying the fields every figure
 must state, that the markdown table was printed and that ``--out`` wrote results.json. The suite compares against

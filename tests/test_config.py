@@ -71,7 +71,7 @@ def test_telemetry_config_fields_and_name():
     assert (t.level, t.tensorboard, t.plots, t.progress_bar) == ("normal", True, True, True)
     import esper_jax.config as cfg_mod
 
-    assert not hasattr(cfg_mod, "TelemetryConfig")  # seed 004 TC-01: no name clash
+    assert not hasattr(cfg_mod, "TelemetryConfig")  # the run's RunTelemetryConfig must not clash with telemetry's name
 
 
 def test_inert_fields_only_in_the_upstream_reader():

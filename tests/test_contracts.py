@@ -1,4 +1,4 @@
-"""Enum values, sizes, slot ordering and the observation layout, pinned to esper-lite 0872525b (policy.md §0–§3)."""
+"""Enum values, sizes, slot ordering and the observation layout, pinned to upstream (docs/policy-and-ppo.md#masks)."""
 
 import jax
 import jax.numpy as jnp

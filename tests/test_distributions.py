@@ -1,4 +1,4 @@
-"""Masked categorical (policy.md §4): fill value, exact zeros for single-valid rows, normalised entropy, errors."""
+"""Masked categorical (docs/policy-and-ppo.md#distributions): fill value, exact zeros for single-valid rows, normalised entropy, errors."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Lifecycle, alpha controller and gates of the JAX Esper env against environment.md §2.4, §4.1, §2.3, §2.5."""
+"""Lifecycle, alpha controller and gates of the JAX Esper env against docs/environment.md#timing, #alpha-controller, #gates, #ops."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Long random episodes through ``EsperEnv.step`` in ``upstream`` mode, checked at every step against an independent
-Python model of upstream's rules for the behaviours of environment.md §8.5.
+Python model of upstream's rules for the behaviours of docs/compat.md#upstream-exact.
 
 Each env samples every head from its action masks (op weights favour ADVANCE so seeds reach HOLDING and
 FOSSILIZED), with ``max_seeds`` 0 (unlimited) and 2. At every step and slot the test checks, from the pre-step

@@ -1,4 +1,5 @@
-"""SHAPED reward of the JAX Esper env against the numbers of environment.md §6.2 and ppo.md §7.3, §8.1."""
+"""SHAPED reward of the JAX Esper env against the numbers of docs/environment.md#seed-terms, #env-wide-terms and
+#reward-normalisation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The six lifecycle/reward behaviours of environment.md §8.5, each against a hand-computed expectation.
+"""The six lifecycle/reward behaviours of docs/compat.md#upstream-exact, each against a hand-computed expectation.
 
 Every test here failed on the code before issue 14 (abd104d) except the three contrast cases that pin what was
 already right: ADVANCE-fossilisation keeps the germination accuracy, the holding warning at ti = −5 (no underflow
@@ -71,7 +71,7 @@ def slot0(outs, field):
     return [np.asarray(getattr(o.obs.slots, field))[0].item() for o in outs]
 
 
-# G → TRAINING → BLENDING (tempo 3) → alpha 1 → HOLDING at the 6th step (environment.md §2.4).
+# G → TRAINING → BLENDING (tempo 3) → alpha 1 → HOLDING at the 6th step (docs/environment.md#timing).
 HOLDING_PREFIX = [act(G), act(A), act(A), act(W), act(W), act(A)]
 
 

@@ -1,7 +1,7 @@
-"""Feature extraction (policy.md §1): upstream's feature tests as exact vectors.
+"""Feature extraction (docs/policy-and-ppo.md#features): upstream's feature tests as exact vectors.
 
-Upstream's tests live in tests/tamiyo/policy/test_features.py and tests/simic/test_ppo.py at esper-lite 0872525b
-(policy.md §7); each ``test_upstream_*`` below reproduces one of them against ``extract``. The formulas beyond
+Upstream's tests live in tests/tamiyo/policy/test_features.py and tests/simic/test_ppo.py upstream
+(esper-lite); each ``test_upstream_*`` below reproduces one of them against ``extract``. The formulas beyond
 upstream's tests are in test_features_formulas.py, batching and validation in test_features_batching.py.
 """
 
@@ -24,7 +24,7 @@ from esper_jax.testing import random_observation
 from tests.feature_builders import LN16, env, feats, slot_block, stack, training_report, with_report
 
 # ---------------------------------------------------------------------------------------------------------------
-# Upstream tests (policy.md §7)
+# Upstream tests
 # ---------------------------------------------------------------------------------------------------------------
 
 

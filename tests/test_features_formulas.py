@@ -1,4 +1,4 @@
-"""Feature extraction (policy.md §1.2-§1.4): every formula and clamp beyond upstream's own tests, in both compat
+"""Feature extraction (docs/policy-and-ppo.md#features): every formula and clamp beyond upstream's own tests, in both compat
 modes."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Action masks (policy.md §2.2, §3) per head, after upstream's test_action_masks.py and test_action_schema_drift.py.
+"""Action masks (docs/policy-and-ppo.md#masks) per head, after upstream's test_action_masks.py and test_action_schema_drift.py.
 Causal relevance, batching and the property tests are in test_masks_batching.py."""
 
 from __future__ import annotations

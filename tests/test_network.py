@@ -1,4 +1,4 @@
-"""FactoredRecurrentActorCritic (policy.md §5): parameter count, init scheme, shapes, embedding, input checks."""
+"""FactoredRecurrentActorCritic (docs/policy-and-ppo.md#network): parameter count, init scheme, shapes, embedding, input checks."""
 
 import math
 

@@ -20,7 +20,7 @@ from esper_jax.observation import empty_observation
 from tests.conftest import NET_1_SLOT
 
 # ---------------------------------------------------------------------------------------------------------------
-# GAE (ppo.md §4 golden vectors, computed by hand and with the upstream buffer code in float32)
+# GAE (docs/policy-and-ppo.md#ppo-update golden vectors, computed by hand and with the upstream buffer code in float32)
 # ---------------------------------------------------------------------------------------------------------------
 
 R = np.array([[1.0, 0.0, 2.0]], np.float32)
@@ -62,7 +62,7 @@ def test_gae_padding_mid_terminal_and_non_final_truncation():
     dones[0, 2] = True  # true terminal mid-sequence: no value flows back across it
     dones[0, 4] = trunc[0, 4] = True  # a truncation that is not the last valid step: its bootstrap is unused
     adv, ret = ppo.gae(r, v, dones, trunc, b, gamma=0.9, gae_lambda=0.8, lengths=jnp.array([6]))
-    # Hand recursion of ppo.md §4 over the 6 valid steps.
+    # Hand recursion of GAE over the 6 valid steps.
     expected = np.zeros(6, np.float64)
     last = 0.0
     for t in reversed(range(6)):
@@ -236,7 +236,7 @@ def test_ppo_config_defaults_and_validation():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Normalisers (ppo.md §8)
+# Normalisers (docs/environment.md#reward-normalisation)
 # ---------------------------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Reward-components telemetry (kept in sync with its fields, seed 004 RT-02), writers, plot and NaN finder."""
+"""Reward-components telemetry (kept in sync with its fields), writers, plot and NaN finder."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ _TASK = Literal["cifar10", "cifar10_deep", "cifar10_blind", "tinystories", "digi
 
 # Every key of the flat format with its type; values are checked before they are mapped.
 FLAT_FIELDS: dict[str, Any] = {
-    # upstream TrainingConfig (esper-lite 0872525b)
+    # upstream esper-lite's TrainingConfig
     "n_episodes": int, "n_envs": int, "max_epochs": int, "batch_size_per_env": int | None, "lr": float,
     "clip_ratio": float, "gamma": float, "gae_lambda": float, "ppo_updates_per_batch": int, "entropy_coef": float,
     "entropy_coef_start": float | None, "entropy_coef_end": float | None, "entropy_coef_min": float,

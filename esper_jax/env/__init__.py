@@ -1,10 +1,10 @@
 """The JAX-native Esper environment: exact lifecycle, alpha control, signals and SHAPED reward, with an oracle for
-everything that needs real training (environment.md §8).
+everything that needs real training (docs/environment.md#oracles).
 
 ``make(name, config)`` returns an object with ``reset(key) -> (EnvState, Observation)`` and
 ``step(state, actions: PerHead[int32 scalar], key) -> StepOutput`` for ONE env (``esper_jax.env.interface.Environment``);
-vmap over envs, scan over time. Available names: ``"sim"`` (the simulator oracle of §8.2) and ``"host"`` (real host
-CNNs trained with their seeds on device, §8.4: ``make("host")`` trains on scikit-learn's digits with the ``digits``
+vmap over envs, scan over time. Available names: ``"sim"`` (the simulator oracle) and ``"host"`` (real host
+CNNs trained with their seeds on device: ``make("host")`` trains on scikit-learn's digits with the ``digits``
 task; any other CNN task takes ``dataset=esper_jax.env.host.from_arrays(...)``). Both share the exact lifecycle,
 signals and reward; only the oracle differs. The transformer-topology host is not implemented.
 
@@ -13,7 +13,7 @@ Modules: ``interface`` (``Environment`` protocol, ``StepOutput``), ``config`` (E
 normaliser helper), ``oracle`` (oracle interface, simulator), ``core`` (reset/step wiring), ``host/`` (the
 host-network oracle: data, CNN, blueprints, blend operators).
 
-Quirks of esper-lite 0872525b (environment.md §8.3) and how ``EnvConfig.compat`` treats them:
+Quirks of upstream (docs/compat.md#environment-side) and how ``EnvConfig.compat`` treats them:
 
 | # | quirk | ``upstream`` (reproduced) | ``fixed`` (default) |
 |---|---|---|---|

@@ -1,4 +1,4 @@
-"""Static configuration of the JAX-native Esper environment (environment.md §1, §3, §6; ppo.md §7.2).
+"""Static configuration of the JAX-native Esper environment (docs/environment.md#interface, #blueprints, #reward).
 
 Everything here is a frozen, hashable dataclass: the environment object that carries it is a static jit argument,
 so every value is validated in Python before anything is traced, and every error names the offending field and
@@ -28,7 +28,7 @@ from esper_jax.contracts import (
 )
 
 # --------------------------------------------------------------------------------------------------------------
-# Tasks (environment.md §1.1, §1.2) and blueprint sizes (§3)
+# Tasks (docs/environment.md#interface, #oracles) and blueprint sizes (#blueprints)
 # --------------------------------------------------------------------------------------------------------------
 
 
@@ -55,7 +55,7 @@ TASKS: dict[str, TaskSpec] = {
     "cifar10_deep": TaskSpec("cifar10_deep", "cnn", 99_922, (8, 16, 32, 64, 128), 128, 10, pool_layers=5),
     "cifar10_blind": TaskSpec("cifar10_blind", "cnn", 2_986, (32, 64), 128, 10, pool_layers=0, kernel_size=1),
     "tinystories": TaskSpec("tinystories", "transformer", 30_044_544, (384, 384, 384), 32, 50_257),
-    # The host env's default (environment.md §8.4): cifar10's CNNHost (8/16/32 channels, so every blueprint keeps
+    # The host env's default (docs/environment.md#oracles): cifar10's CNNHost (8/16/32 channels, so every blueprint keeps
     # its size relative to the host) on scikit-learn's 8×8 grey digits, pooled after blocks 0 and 1 (8→4→2 px).
     "digits": TaskSpec("digits", "cnn", 6_274, (8, 16, 32), 16, 10, pool_layers=2, input_channels=1),
 }
@@ -107,7 +107,7 @@ def blueprint_param_table(task: TaskSpec, slot_columns: tuple[int, ...]) -> np.n
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Reward constants (ContributionRewardConfig defaults, ppo.md §7.2)
+# Reward constants (ContributionRewardConfig defaults, docs/environment.md#reward)
 # --------------------------------------------------------------------------------------------------------------
 
 
@@ -168,7 +168,7 @@ class RewardConfig:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Simulator oracle (environment.md §8.2)
+# Simulator oracle (docs/environment.md#oracles)
 # --------------------------------------------------------------------------------------------------------------
 
 # Mean latent gain (pp at full alpha and maturity) per blueprint name: bigger seeds help more on average, and every
@@ -235,7 +235,7 @@ class SimulatorConfig:
 _BLUEPRINT_NAMES: dict[str, int] = {b.name.lower(): int(b) for b in BlueprintAction if b != BlueprintAction.NOOP}
 
 # --------------------------------------------------------------------------------------------------------------
-# Host-network oracle (environment.md §1.3, §5.3, §8.4)
+# Host-network oracle (docs/environment.md#blending, #signals-and-observation, #oracles)
 # --------------------------------------------------------------------------------------------------------------
 
 

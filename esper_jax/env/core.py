@@ -1,4 +1,4 @@
-"""reset/step of ONE environment (environment.md §1.4), pure and branch-free; vmap it over envs.
+"""reset/step of ONE environment (docs/environment.md#step-order), pure and branch-free; vmap it over envs.
 
 State convention: an ``EnvState`` is always "after the OBSERVE phase of epoch e" — the host has trained epoch e,
 the fused validation has run, seeds have recorded their accuracy — which is exactly the state upstream's policy

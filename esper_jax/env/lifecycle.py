@@ -1,4 +1,4 @@
-"""Seed lifecycle (environment.md §2, §4.2, §7, §8.5): gates, op execution and the epoch tick.
+"""Seed lifecycle (docs/environment.md#lifecycle, #alpha-controller, #ops; docs/compat.md#upstream-exact): gates, op execution and the epoch tick.
 
 All slots live in one ``Slots`` struct of ``[S]`` arrays (``env/slots.py``). An op is evaluated for every slot at
 once and the result is kept only at the sampled slot (a one-hot select), so nothing branches on traced values.
@@ -188,7 +188,7 @@ def _fossilize(slots: Slots) -> Slots:
 def execute(
     slots: Slots, actions: PerHead, seeds_created: jnp.ndarray, cfg: EnvConfig
 ) -> tuple[Slots, OpOutcome]:
-    """Run the sampled op on the sampled slot (environment.md §7) and judge its validity for the reward (§6.1).
+    """Run the sampled op on the sampled slot (docs/environment.md#ops) and judge its validity for the reward (#validity).
 
     ``seeds_created`` is the episode's germination count so far: it numbers the new seed's id. The ``max_seeds``
     limit is checked against ``live_seed_count(slots)`` (upstream's ``total_seeds()``, §8.5), not against it."""

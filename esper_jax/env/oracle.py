@@ -1,4 +1,4 @@
-"""Oracles: everything that needs real training (environment.md §8.2) behind one small interface.
+"""Oracles: everything that needs real training (docs/environment.md#oracles) behind one small interface.
 
 The lifecycle, signals and reward are exact; what a real host network would *measure* — one epoch of training
 (gradient statistics) followed by the fused validation pass over K alpha configurations (§5.2) — comes from an
@@ -80,7 +80,7 @@ class SimulatorState:
 
 @dataclasses.dataclass(frozen=True)
 class SimulatorOracle:
-    """The cheap accuracy/gradient model of environment.md §8.2 (hashable: part of the static env)."""
+    """The cheap accuracy/gradient model of docs/environment.md#oracles (hashable: part of the static env)."""
 
     num_slots: int
     sim: SimulatorConfig

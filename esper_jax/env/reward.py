@@ -1,7 +1,7 @@
-"""SHAPED contribution reward (environment.md §6; ppo.md §7.3), computed on the pre-action state.
+"""SHAPED contribution reward (docs/environment.md#reward), computed on the pre-action state.
 
 ``RewardComponents`` holds every summand; ``total`` adds them in one fixed order and is exactly the env's reward.
-The running reward normaliser (Welford, no mean subtraction, clip ±10; ppo.md §8.1) is shared by all envs and
+The running reward normaliser (Welford, no mean subtraction, clip ±10; docs/environment.md#reward-normalisation) is shared by all envs and
 updated in env order, so it cannot live inside a per-env step: the rollout applies it (``normalize_batch`` below
 wraps ``esper_jax.normalization``).
 

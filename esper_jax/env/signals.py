@@ -1,4 +1,4 @@
-"""Signal tracking (environment.md §5; policy.md §1.9): what one epoch's measurements do to the state, the
+"""Signal tracking (docs/environment.md#signals-and-observation): what one epoch's measurements do to the state, the
 caller-side feedback state, and the ``Observation`` the policy sees.
 
 Upstream/fixed differences handled here (README quirk table, §8.3):
@@ -204,7 +204,7 @@ def observe_epoch(
 
 
 def after_action(feedback: Feedback, pre: Slots, op: jnp.ndarray, success: jnp.ndarray) -> Feedback:
-    """Caller-side updates after every step, from the pre-action reports (policy.md §1.9)."""
+    """Caller-side updates after every step, from the pre-action reports (docs/environment.md#signals-and-observation)."""
     reported = pre.has_state
     return feedback.replace(
         last_action_op=jnp.asarray(op, jnp.int32),

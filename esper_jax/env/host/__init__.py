@@ -1,4 +1,5 @@
-"""The host-network oracle of the Esper environment (environment.md §1, §3.1, §4.3, §4.4, §5.2, §5.3, §8.4).
+"""The host-network oracle of the Esper environment (docs/environment.md#interface, #blueprints, #blending,
+#counterfactual-validation, #signals-and-observation, #oracles).
 
 Modules: ``data`` (digits loader, ``from_arrays`` for any other image set), ``cnn`` (the host CNN and shared
 layers), ``blueprints`` (the 7 CNN seeds over a per-slot parameter union), ``blend`` (ADD / MULTIPLY / GATE and the

@@ -1,4 +1,4 @@
-"""Blend operators of environment.md §4.3 and the GATE style's gate network (§3.3).
+"""Blend operators (docs/environment.md#blending) and the GATE style's gate network (#blueprints).
 
 With host features h, seed output s, seed input x_s and amplitude a ∈ [0, 1]:
 

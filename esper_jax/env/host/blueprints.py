@@ -1,4 +1,4 @@
-"""The 7 CNN seed blueprints of environment.md §3.1 as pure functions over one flat parameter vector per slot.
+"""The 7 CNN seed blueprints of docs/environment.md#blueprints as pure functions over one flat parameter vector per slot.
 
 A slot's seed parameters are a *union*: one float vector as long as the largest blueprint at the slot's channel
 count C (conv_heavy, 18C² + 4C), which every blueprint reads its tensors from at static offsets. Selecting the

@@ -1,4 +1,4 @@
-"""The host CNN (upstream's ``CNNHost``, environment.md §1.1) and the small layers the seeds share with it.
+"""The host CNN (upstream's ``CNNHost``, docs/environment.md#interface) and the small layers the seeds share with it.
 
 Block ``i`` = k×k conv (no bias) → norm → ReLU with ``channels[i]`` outputs, 2×2 max-pool after it while
 ``i < pool_layers``, then global average pool and a linear classifier. The norm is BatchNorm with batch

@@ -1,4 +1,4 @@
-"""The host env's data: fixed train/validation image arrays, resident on device (environment.md §8.4).
+"""The host env's data: fixed train/validation image arrays, resident on device (docs/environment.md#oracles).
 
 ``load_digits()`` is the default: scikit-learn's 8×8 grey digits (1,797 images, shipped inside the scikit-learn
 wheel, nothing downloaded), scaled to [0, 1], NHWC ``[N, 8, 8, 1]``, split once with a fixed stratified split

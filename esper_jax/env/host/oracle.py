@@ -1,5 +1,5 @@
-"""``HostOracle``: the env's measurements from a real host network trained with its seeds (environment.md §1.3,
-§1.4, §4.3, §4.4, §5.2, §5.3), one env at a time; vmap it with the env.
+"""``HostOracle``: the env's measurements from a real host network trained with its seeds (docs/environment.md#blending,
+#step-order, #counterfactual-validation, #signals-and-observation), one env at a time; vmap it with the env.
 
 ``measure`` = bookkeeping of seeds born/fossilised since the last call → ``minibatches_per_step`` SGD steps
 (``lax.scan``) → the fused validation of the K alpha configurations, vmapped over the distinct feature variants
