@@ -113,7 +113,7 @@ def _stage_counts(slots: SlotReports, dtype: jnp.dtype) -> tuple[jax.Array, jax.
 
 
 def _base_features(signals: Signals, slots: SlotReports, compat: Compat, dtype: jnp.dtype) -> jax.Array:
-    """The 24 base features of §1.3 for one env."""
+    """The 24 base features (docs/policy-and-ppo.md#features) for one env."""
     num_slots = slots.stage.shape[-1]
     divisor = STAGE_COUNT_DIVISOR if compat == "upstream" else float(num_slots)
     counts = jnp.stack(_stage_counts(slots, dtype)) / divisor
@@ -147,7 +147,7 @@ def _stage_one_hot(stage: jax.Array, dtype: jnp.dtype) -> jax.Array:
 
 
 def _slot_features(slots: SlotReports, compat: Compat, dtype: jnp.dtype) -> jax.Array:
-    """The [S, 30] per-slot block of §1.4 for one env; rows of slots without a report are zero."""
+    """The [S, 30] per-slot block (docs/policy-and-ppo.md#features) for one env; rows of slots without a report are zero."""
 
     def f(x: jax.Array) -> jax.Array:
         return x.astype(dtype)

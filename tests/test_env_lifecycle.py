@@ -68,7 +68,7 @@ def slot0(outs, field):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# §2.4 timelines
+# Stage timelines (docs/environment.md#timing)
 # ---------------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(
@@ -141,7 +141,7 @@ def test_scheduled_prune_timeline(speed, steps):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# §4.1 curves
+# Alpha curves (docs/environment.md#alpha-controller)
 # ---------------------------------------------------------------------------------------------------------------
 
 CURVE_TABLE = {
@@ -191,7 +191,7 @@ def test_alpha_retarget_down_is_monotone_and_instant_jumps():
 
 
 def test_blending_uses_style_curve_not_heads():
-    # SIGMOID_ADD blends with SIGMOID k=12 whatever alpha_curve/speed say (§4.2); target HALF parks in BLENDING.
+    # SIGMOID_ADD blends with SIGMOID k=12 whatever alpha_curve/speed say (docs/environment.md#alpha-controller); target HALF parks in BLENDING.
     actions = [act(G, style=GerminationStyle.SIGMOID_ADD, target=AlphaTargetAction.HALF),
                act(A), act(A, curve=0, speed=AlphaSpeedAction.SLOW), act(W), act(W), act(A)]
     outs = run(actions)

@@ -28,7 +28,7 @@ from tests.feature_builders import (
 )
 
 # ---------------------------------------------------------------------------------------------------------------
-# Formulas of §1.2-§1.4 beyond upstream's tests
+# Feature formulas (docs/policy-and-ppo.md#features) beyond upstream's tests
 # ---------------------------------------------------------------------------------------------------------------
 
 def test_checked_holding_example():

@@ -29,7 +29,7 @@ Quirks of upstream (docs/compat.md#environment-side) and how ``EnvConfig.compat`
 | 9 | default PPO slot set is r0c1 only | not reproduced in either mode: EnvConfig defaults to r0c0..r0c2 (the spec's reference) | same |
 | 10 | LM fused-validation reshape; LOSS-family sign | not applicable (SHAPED only; the simulator has no LM pass) | — |
 | 11 | WAIT never reports success | last_action_success False after WAIT | True |
-| §8.5 | blend-out freeze read before the alpha tick | a seed stays frozen one epoch after its ramp-down ends | frozen only while alpha is still going down |
+| 13 | blend-out freeze read before the alpha tick | a seed stays frozen one epoch after its ramp-down ends | frozen only while alpha is still going down |
 | 12 | a failed G3 ADVANCE counts as valid for the reward | valid, success False | same (kept): the reward equals WAIT's either way, and the mask cannot see gate state, so calling it invalid would make masked-in ops illegal |
 """
 

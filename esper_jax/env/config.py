@@ -35,7 +35,7 @@ from esper_jax.contracts import (
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
     """One host preset: its topology, host parameter count, channels at each injection point (slot column
-    ``r0c{i}``), the per-env batch size (the divisor of upstream's loss quirk, §1.6; the host env's default
+    ``r0c{i}``), the per-env batch size (the divisor of upstream's loss quirk 1, docs/compat.md#environment-side; the host env's default
     minibatch) and, for CNN hosts, the architecture the host env builds (``CNNHost``: 2×2 max-pool after block
     ``i`` while ``i < pool_layers``, ``kernel_size`` convs, ``input_channels`` image channels)."""
 
@@ -61,7 +61,7 @@ TASKS: dict[str, TaskSpec] = {
 }
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)
 
-_TRANSFORMER_PARAMS = {  # D = 384 (§3.2); the only transformer width upstream ships
+_TRANSFORMER_PARAMS = {  # D = 384 (docs/environment.md#blueprints); the only transformer width upstream ships
     BlueprintAction.NORM: 769,
     BlueprintAction.LORA: 6_144,
     BlueprintAction.LORA_LARGE: 24_576,
@@ -73,7 +73,7 @@ _TRANSFORMER_PARAMS = {  # D = 384 (§3.2); the only transformer width upstream 
 
 
 def cnn_blueprint_params(blueprint: BlueprintAction, channels: int) -> int:
-    """Exact parameter count of a CNN seed at ``channels`` (§3.1 table)."""
+    """Exact parameter count of a CNN seed at ``channels`` (docs/environment.md#blueprints)."""
     c = channels
     b = max(8, c // 4)
     counts = {
@@ -89,7 +89,7 @@ def cnn_blueprint_params(blueprint: BlueprintAction, channels: int) -> int:
 
 
 def gate_params(channels: int) -> int:
-    """GATE-style gate network Linear(C, max(1, C/4)) → ReLU → Linear(·, 1): 21 / 73 / 273 at C = 8/16/32 (§3.3)."""
+    """GATE-style gate network Linear(C, max(1, C/4)) → ReLU → Linear(·, 1): 21 / 73 / 273 at C = 8/16/32 (docs/environment.md#blueprints)."""
     hidden = max(1, channels // 4)
     return channels * hidden + hidden + hidden + 1
 
@@ -243,7 +243,7 @@ _BLUEPRINT_NAMES: dict[str, int] = {b.name.lower(): int(b) for b in BlueprintAct
 class HostConfig:
     """Training inside one host env. One RL step = ``minibatches_per_step`` SGD steps of ``batch_size`` images
     (upstream runs a full pass of its shared loader; on digits that would saturate the host within a few steps, so
-    an RL step is a fraction of a digits epoch, §8.4), then the fused validation over the whole validation split."""
+    an RL step is a fraction of a digits epoch, docs/environment.md#oracles), then the fused validation over the whole validation split."""
 
     minibatches_per_step: int = 2
     batch_size: int | None = None  # None: the task's batch size (16 on digits)

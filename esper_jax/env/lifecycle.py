@@ -3,12 +3,12 @@
 All slots live in one ``Slots`` struct of ``[S]`` arrays (``env/slots.py``). An op is evaluated for every slot at
 once and the result is kept only at the sampled slot (a one-hot select), so nothing branches on traced values.
 
-Upstream/fixed differences handled here (README quirk table, §8.3):
+Upstream/fixed differences handled here (quirk numbers of docs/compat.md#environment-side):
 
 * 5 — ADVANCE on a HOLDING slot: upstream runs G5 and fossilises without counting it; fixed: the action fails.
 * 6 — an INSTANT prune runs whatever the controller mode; fixed: it needs HOLD, like the mask and the reward.
 * 11 — WAIT reports success False upstream; fixed: True.
-* blend-out freeze lag (§8.5) — upstream decides a seed's freeze from the controller mode BEFORE the epoch's alpha
+* 13 — blend-out freeze lag: upstream decides a seed's freeze from the controller mode BEFORE the epoch's alpha
   tick, so a seed whose SET_ALPHA_TARGET ramp-down ends on a tick stays frozen for one more epoch; fixed unfreezes
   it as soon as the ramp has ended (``blend_out_frozen``).
 * 12 — an ADVANCE whose gate fails is still "valid" for the reward: kept in BOTH modes. The reward number is the
@@ -78,7 +78,7 @@ STRICT_G5_MIN_CONTRIBUTION = 1.0
 
 _PRUNABLE = (SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.HOLDING)
 
-# style -> blend curve used when BLENDING starts (§4.2: linear → LINEAR, sigmoid → SIGMOID k 12, gated → LINEAR)
+# style -> blend curve used when BLENDING starts (docs/environment.md#alpha-controller: linear → LINEAR, sigmoid → SIGMOID k 12, gated → LINEAR)
 _BLEND_NAME_TO_CURVE = {"linear": AlphaCurve.LINEAR, "sigmoid": AlphaCurve.SIGMOID, "gated": AlphaCurve.LINEAR}
 STYLE_CURVE = np.asarray([_BLEND_NAME_TO_CURVE[STYLE_TO_KASMINA[s][0]] for s in GerminationStyle], np.int32)
 STYLE_ALGORITHM = np.asarray([STYLE_TO_KASMINA[s][1] for s in GerminationStyle], np.int32)
@@ -86,7 +86,7 @@ BLEND_STEEPNESS = 12.0
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Gates (§2.3)
+# Gates (docs/environment.md#gates)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -118,7 +118,7 @@ def gate_g5(slots: Slots, cfg: EnvConfig) -> jnp.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Ops (§7)
+# Ops (docs/environment.md#ops)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -191,7 +191,7 @@ def execute(
     """Run the sampled op on the sampled slot (docs/environment.md#ops) and judge its validity for the reward (#validity).
 
     ``seeds_created`` is the episode's germination count so far: it numbers the new seed's id. The ``max_seeds``
-    limit is checked against ``live_seed_count(slots)`` (upstream's ``total_seeds()``, §8.5), not against it."""
+    limit is checked against ``live_seed_count(slots)`` (upstream's ``total_seeds()``, docs/compat.md#upstream-exact), not against it."""
     upstream = cfg.compat == "upstream"
     num_slots = cfg.num_slots
     slot_ok = (actions.slot >= 0) & (actions.slot < num_slots)
@@ -282,7 +282,7 @@ def execute(
     def at_chosen(x: jnp.ndarray) -> jnp.ndarray:
         return jnp.any(chosen & x)
 
-    # §6.1's validity rules on the pre-action state of the sampled slot, identical in both modes: they are the
+    # The validity rules (docs/environment.md#validity) on the pre-action state of the sampled slot, identical in both modes: they are the
     # mask's per-slot conditions, so a masked-in op is always valid for some slot. (Upstream's only departures are
     # executions the rules call invalid — quirks 5 and 6 — which fixed mode does not execute.)
     valid_by_op = [

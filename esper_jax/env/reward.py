@@ -5,7 +5,7 @@ The running reward normaliser (Welford, no mean subtraction, clip ±10; docs/env
 updated in env order, so it cannot live inside a per-env step: the rollout applies it (``normalize_batch`` below
 wraps ``esper_jax.normalization``).
 
-Upstream/fixed differences handled here (README quirk table, §8.3):
+Upstream/fixed differences handled here (quirk numbers of docs/compat.md#environment-side):
 
 * 3 — upstream pays the seed terms (attribution, warnings, PBRS, synergy) for the sampled slot only, even on WAIT,
   where the slot head is causally irrelevant; fixed pays them for every slot holding a seed, with the sampled op
@@ -136,7 +136,7 @@ def seed_terms(
     cfg: RewardConfig,
     fixed_pbrs: bool,
 ) -> SeedTerms:
-    """Items 1–5 of §6.2 for one seed under the (effective) op."""
+    """Items 1–5 of docs/environment.md#seed-terms for one seed under the (effective) op."""
     ti = seed.total_improvement
     c = seed.contribution
     k = seed.epochs_in_stage
@@ -205,7 +205,7 @@ def seed_terms(
 
 
 def action_shaping(op: jnp.ndarray, seed: SeedInputs, cfg: RewardConfig) -> jnp.ndarray:
-    """Item 8 of §6.2 for a VALID op on the sampled slot (invalid ops arrive here as WAIT)."""
+    """Item 8 of docs/environment.md#env-wide-terms for a VALID op on the sampled slot (invalid ops arrive here as WAIT)."""
     ti = seed.total_improvement
     c = seed.contribution
     known = seed.contribution_known
@@ -316,7 +316,7 @@ def shaped_reward(
 def hindsight_credit(
     ledger_row: jnp.ndarray, epoch: jnp.ndarray, total_improvement: jnp.ndarray, cfg: RewardConfig
 ) -> jnp.ndarray:
-    """Credit for the scaffolds of a seed fossilised at ``epoch`` with ti > 0 (§6.3).
+    """Credit for the scaffolds of a seed fossilised at ``epoch`` with ti > 0 (docs/environment.md#hindsight-credit).
 
     ``ledger_row`` is [L, S]: boosts given to the beneficiary at epochs 1..L by each scaffold (0 = no entry).
     """

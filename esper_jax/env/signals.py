@@ -1,7 +1,7 @@
 """Signal tracking (docs/environment.md#signals-and-observation): what one epoch's measurements do to the state, the
 caller-side feedback state, and the ``Observation`` the policy sees.
 
-Upstream/fixed differences handled here (README quirk table, §8.3):
+Upstream/fixed differences handled here (quirk numbers of docs/compat.md#environment-side):
 
 * 1 — upstream's losses are the true mean loss divided by the per-env batch size (≈ 0 features); fixed reports the
   true mean loss.
@@ -228,7 +228,7 @@ def build_observation(slots: Slots, tracker: Tracker, feedback: Feedback) -> Obs
         accuracy_history=tracker.accuracy_history,
         last_action_success=feedback.last_action_success,
         last_action_op=feedback.last_action_op,
-        total_seeds=live_seed_count(slots),  # upstream model.total_seeds() at decision time (§8.5)
+        total_seeds=live_seed_count(slots),  # upstream model.total_seeds() at decision time (docs/compat.md#upstream-exact)
     )
     ctrl = slots.controller
     has_report = slots.has_state

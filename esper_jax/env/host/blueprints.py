@@ -4,7 +4,7 @@ A slot's seed parameters are a *union*: one float vector as long as the largest 
 count C (conv_heavy, 18C² + 4C), which every blueprint reads its tensors from at static offsets. Selecting the
 blueprint is ``lax.switch`` on its branch index (under ``vmap`` over envs XLA evaluates every branch and selects;
 at these sizes that is cheap). Initialisation is table-driven, so a newly germinated seed costs one uniform draw:
-``flat = u · bound[bp] + const[bp]``, with MULTIPLY's zero-init of the last layer (§3.3) a mask on top.
+``flat = u · bound[bp] + const[bp]``, with MULTIPLY's zero-init of the last layer (docs/environment.md#blueprints) a mask on top.
 
 Blueprints (x: [N, H, W, C], GN = GroupNorm with ``num_groups(C)`` groups, convs without bias):
 
@@ -59,7 +59,7 @@ class Tensor:
     shape: tuple[int, ...]
     init: str  # "uniform" (bound 1/√fan_in), "zeros", "ones", "se_bias"
     fan_in: int = 1
-    last: bool = False  # zero-initialised under the MULTIPLY style (§3.3)
+    last: bool = False  # zero-initialised under the MULTIPLY style
 
     @property
     def size(self) -> int:
