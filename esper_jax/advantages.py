@@ -1,5 +1,6 @@
-"""Advantages for the PPO update (docs/policy-and-ppo.md#ppo-update) and the env-major ``Batch`` built from a ``Trajectory``: per-env GAE as a backwards ``lax.scan``, advantage normalisation and
-explained variance, all masked by the valid (real-transition) steps.
+"""Advantages for the PPO update (docs/policy-and-ppo.md#ppo-update) and the env-major ``Batch`` built from a
+``Trajectory``: per-env GAE as a backwards ``lax.scan``, advantage normalisation and explained variance, all masked by
+the valid (real-transition) steps.
 
 A truncation bootstraps from the stored ``Q(s', argmax op)``, a true terminal (done ∧ ¬truncated) does not.
 Returns = A + V (un-normalised A); advantages are normalised once over all valid steps (population std, +1e-8).
@@ -91,9 +92,9 @@ def gae(
     gae_lambda: float,
     lengths: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Per-env GAE exactly as upstream (docs/policy-and-ppo.md#ppo-update). Inputs ``[E, T]`` (env-major), ``lengths [E]`` valid steps per env
-    (default T). Returns (advantages, returns) ``[E, T]`` float32, 0 beyond each env's length. No mixing
-    across envs: each row is its own backwards scan."""
+    """Per-env GAE exactly as upstream (docs/policy-and-ppo.md#ppo-update). Inputs ``[E, T]`` (env-major),
+    ``lengths [E]`` valid steps per env (default T). Returns (advantages, returns) ``[E, T]`` float32, 0 beyond each
+    env's length. No mixing across envs: each row is its own backwards scan."""
     rewards = jnp.asarray(rewards, jnp.float32)
     values = jnp.asarray(values, jnp.float32)
     bootstrap_values = jnp.asarray(bootstrap_values, jnp.float32)

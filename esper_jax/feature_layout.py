@@ -1,5 +1,5 @@
-"""The observation layout ("Obs V3", docs/policy-and-ppo.md#features): feature widths, the index of every base and per-slot feature, and
-the normalisation constants the feature extraction uses, value for value as upstream.
+"""The observation layout ("Obs V3", docs/policy-and-ppo.md#features): feature widths, the index of every base and
+per-slot feature, and the normalisation constants the feature extraction uses, value for value as upstream.
 
 Part of the shared vocabulary (re-exported by ``esper_jax.contracts``); imports nothing from the package.
 """

@@ -147,7 +147,8 @@ def _stage_one_hot(stage: jax.Array, dtype: jnp.dtype) -> jax.Array:
 
 
 def _slot_features(slots: SlotReports, compat: Compat, dtype: jnp.dtype) -> jax.Array:
-    """The [S, 30] per-slot block (docs/policy-and-ppo.md#features) for one env; rows of slots without a report are zero."""
+    """The [S, 30] per-slot block (docs/policy-and-ppo.md#features) for one env; rows of slots without a report are
+    zero."""
 
     def f(x: jax.Array) -> jax.Array:
         return x.astype(dtype)

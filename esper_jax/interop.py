@@ -1,9 +1,9 @@
 """Upstream's ``FactoredRecurrentActorCritic.state_dict()`` ⇄ Flax params, both directions, exact.
 
 No torch import: a state_dict may hold torch tensors (anything with ``.numpy()`` or ``__array__``) or NumPy arrays;
-the reverse direction returns NumPy arrays under upstream's key names (docs/policy-and-ppo.md#network), in upstream's key order,
-including the ``blueprint_embedding._null_idx`` buffer (int64 scalar 13). Linear and LSTM weights are transposed
-([out, in] ⇄ [in, out]); nothing is summed or rescaled, so a round trip is bitwise.
+the reverse direction returns NumPy arrays under upstream's key names (docs/policy-and-ppo.md#network), in upstream's
+key order, including the ``blueprint_embedding._null_idx`` buffer (int64 scalar 13). Linear and LSTM weights are
+transposed ([out, in] ⇄ [in, out]); nothing is summed or rescaled, so a round trip is bitwise.
 """
 
 from __future__ import annotations

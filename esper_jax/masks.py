@@ -179,7 +179,8 @@ _CAUSAL_TABLE = np.asarray(CAUSAL_RELEVANCE, dtype=bool)  # [op, head]
 
 
 def causal_relevance(op: jnp.ndarray) -> PerHead:
-    """Which heads' choices mattered for each op (docs/policy-and-ppo.md#masks): ``PerHead`` of bool arrays shaped like ``op``.
+    """Which heads' choices mattered for each op (docs/policy-and-ppo.md#masks): ``PerHead`` of bool arrays shaped like
+    ``op``.
 
     Read from ``CAUSAL_RELEVANCE``. The op head is always relevant. An op value outside LifecycleOp makes no
     other head relevant (upstream's formula would mark ``slot`` relevant for it, being ``op != WAIT``); sampled

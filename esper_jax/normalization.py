@@ -1,4 +1,5 @@
-"""Observation and reward normalisers as pytrees + pure functions (docs/environment.md#reward-normalisation, docs/policy-and-ppo.md#features).
+"""Observation and reward normalisers as pytrees + pure functions (docs/environment.md#reward-normalisation,
+docs/policy-and-ppo.md#features).
 
 Both mirror ``esper.simic.control.normalization`` upstream:
 

@@ -2,9 +2,10 @@
 
 Written for one env; a batch of envs is the same pytree with a leading env axis on every leaf (``[E, ...]``), and
 per-slot leaves carry the slot axis next (``[E, S]``), in ``SlotConfig`` order. The fields are upstream's
-``TrainingSignals``, ``SeedStateReport`` and the caller-side env state (docs/policy-and-ppo.md#features, docs/environment.md#signals-and-observation), flattened into
-fixed-shape arrays: an absent slot report is ``has_report = False`` (its other fields are ignored), a ``None``
-counterfactual is ``has_counterfactual = False``, missing telemetry is ``has_telemetry = False``.
+``TrainingSignals``, ``SeedStateReport`` and the caller-side env state (docs/policy-and-ppo.md#features,
+docs/environment.md#signals-and-observation), flattened into fixed-shape arrays: an absent slot report is
+``has_report = False`` (its other fields are ignored), a ``None`` counterfactual is ``has_counterfactual = False``,
+missing telemetry is ``has_telemetry = False``.
 """
 
 from __future__ import annotations

@@ -96,7 +96,8 @@ def initial_carry(config: NetworkConfig, batch_shape: tuple[int, ...] | int = ()
 
 @partial(jax.jit, static_argnames=("config",))
 def init(key: jax.Array, config: NetworkConfig) -> dict[str, Any]:
-    """Fresh parameters (init scheme: docs/policy-and-ppo.md#network): a nested dict, see ``esper_jax.interop`` for the torch names.
+    """Fresh parameters (init scheme: docs/policy-and-ppo.md#network): a nested dict, see ``esper_jax.interop`` for the
+    torch names.
 
     Jitted: eager initialisation dispatches hundreds of small ops and is several times slower on CPU."""
     features = jnp.zeros((1, 1, config.state_dim), config.dtype)
@@ -128,7 +129,8 @@ def all_valid_masks(config: NetworkConfig, batch_shape: tuple[int, ...] = ()) ->
 
 
 def style_mask_for_op(style_mask: jax.Array, op: jax.Array) -> jax.Array:
-    """Style forcing (docs/policy-and-ppo.md#masks): rows whose op is neither GERMINATE nor SET_ALPHA_TARGET get a one-hot on SIGMOID_ADD."""
+    """Style forcing (docs/policy-and-ppo.md#masks): rows whose op is neither GERMINATE nor SET_ALPHA_TARGET get a
+    one-hot on SIGMOID_ADD."""
     irrelevant = (op != LifecycleOp.GERMINATE) & (op != LifecycleOp.SET_ALPHA_TARGET)
     canonical = jnp.arange(style_mask.shape[-1]) == int(CANONICAL_STYLE)
     return jnp.where(irrelevant[..., None], canonical, style_mask)

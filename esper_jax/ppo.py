@@ -113,7 +113,8 @@ def _integer(name: str, value: Any, minimum: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class PPOConfig:
-    """Every loss/optimiser knob of the PPO update (docs/policy-and-ppo.md#ppo-update). Frozen and hashable (jit static).
+    """Every loss/optimiser knob of the PPO update (docs/policy-and-ppo.md#ppo-update). Frozen and hashable (jit
+    static).
 
     ``entropy_coef_per_head`` accepts a mapping head → multiplier (a missing head gets 1.0, as upstream); it is
     stored as a tuple of (head, value) pairs in HEAD_NAMES order so the config stays hashable.

@@ -1,5 +1,5 @@
-"""The factored PPO loss (docs/policy-and-ppo.md#ppo-update): per-head clipped surrogates with causal masks on the advantages, the
-(clipped) value loss and the per-head weighted entropy bonus, plus the diagnostics of one forward pass.
+"""The factored PPO loss (docs/policy-and-ppo.md#ppo-update): per-head clipped surrogates with causal masks on the
+advantages, the (clipped) value loss and the per-head weighted entropy bonus, plus the diagnostics of one forward pass.
 
 Loss = Σ_heads clipped surrogate (per-head ratios, causal masks on the advantages, masked means over max(ΣM, 1))
 + value_coef·value loss (clipped: 0.5·mean(max(...)); unclipped: mean(...) without the 0.5)
@@ -88,8 +88,8 @@ def factored_loss(
     entropy_coef: jax.Array,
     config: PPOConfig,
 ) -> LossInfo:
-    """The factored PPO loss of docs/policy-and-ppo.md#ppo-update from the current policy's per-head log-probs, normalised entropies and
-    Q(s, stored op) (all ``[B, T]``). Pure; invalid (padded) steps are excluded everywhere."""
+    """The factored PPO loss of docs/policy-and-ppo.md#ppo-update from the current policy's per-head log-probs,
+    normalised entropies and Q(s, stored op) (all ``[B, T]``). Pure; invalid (padded) steps are excluded everywhere."""
     # Heads are stacked on a leading axis [8, B, T] and handled by one set of array ops: the same maths as a loop
     # over heads, but a fraction of the compiled program (and of its compile time).
     valid = batch.valid

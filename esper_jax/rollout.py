@@ -1,7 +1,8 @@
 """Compiled rollout collection: ``lax.scan`` over env steps → a ``Trajectory`` pytree ``[T, E, ...]``.
 
-The rollout mirrors simic's collection loop (upstream esper-lite; docs/policy-and-ppo.md#rollout) with the environment behind a small
-functional interface (``esper_jax.env.interface.Environment``, re-exported here), written for ONE env and vmapped here over the env axis:
+The rollout mirrors simic's collection loop (upstream esper-lite; docs/policy-and-ppo.md#rollout) with the environment
+behind a small functional interface (``esper_jax.env.interface.Environment``, re-exported here), written for ONE env and
+vmapped here over the env axis:
 
 * ``env.reset(key) -> (state, Observation)``
 * ``env.step(state, actions: PerHead[int32 scalar], key) -> StepOutput(state, obs, reward, done, truncated, info)``

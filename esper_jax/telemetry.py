@@ -1,9 +1,9 @@
 """Run telemetry: reward-component breakdown, metrics.jsonl / TensorBoard writers, learning-curve PNG and the
 leaf-path helpers the trainer's non-finite stop names leaves with. Host-side only (numpy / Python); nothing here is traced.
 
-``RewardComponentsTelemetry`` keeps upstream's field names (docs/environment.md#log-names) so dashboards built on simic's
-``to_dict`` keep working; ``to_dict`` is written out explicitly (upstream's hot-path choice) and a test keeps it in
-sync with the dataclass fields.
+``RewardComponentsTelemetry`` keeps upstream's field names (docs/environment.md#log-names) so dashboards built on
+simic's ``to_dict`` keep working; ``to_dict`` is written out explicitly (upstream's hot-path choice) and a test keeps it
+in sync with the dataclass fields.
 """
 
 from __future__ import annotations

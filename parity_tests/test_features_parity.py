@@ -1,4 +1,5 @@
-"""esper_jax.features against the upstream-style torch reference (docs/parity.md: features max-abs <= 1e-6, indices exact).
+"""esper_jax.features against the upstream-style torch reference (docs/parity.md: features max-abs <= 1e-6, indices
+exact).
 
 Both sides read the same random observation: esper_jax directly, the reference through ``from_observation``'s
 per-env Python objects. Every case prints its max error so a regression shows its size.

@@ -69,8 +69,8 @@ def random_inputs(rng, num_slots, lead, np_dtype):
 
 
 def realistic_masks(rng, num_slots, lead) -> dict[str, np.ndarray]:
-    """Masks from the real mask function (esper_jax.masks) on random valid slot states (docs/parity.md: "masks from the real mask
-    function"). At least one slot is enabled per row, as in training, where the slot head would
+    """Masks from the real mask function (esper_jax.masks) on random valid slot states (docs/parity.md: "masks from the
+    real mask function"). At least one slot is enabled per row, as in training, where the slot head would
     otherwise have no valid action; the topology alternates so both blueprint sets are exercised."""
     obs = random_observation(rng, num_slots, tuple(lead), p_enabled=0.8)
     forced = np.arange(num_slots) == rng.integers(0, num_slots, size=lead)[..., None]

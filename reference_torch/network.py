@@ -1,4 +1,5 @@
-"""``FactoredRecurrentActorCritic`` exactly as upstream's ``tamiyo/networks/factored_lstm.py`` (docs/policy-and-ppo.md#network).
+"""``FactoredRecurrentActorCritic`` exactly as upstream's ``tamiyo/networks/factored_lstm.py``
+(docs/policy-and-ppo.md#network).
 
 Same constructor signature and defaults, module registration order (hence state_dict key order), buffers and
 methods (``forward``, ``get_action``, ``evaluate_actions``, ``get_initial_hidden``, ``_compute_value``), so an

@@ -4,7 +4,8 @@
 Upstream feeds ``batch_obs_to_features`` lists of per-env objects: ``TrainingSignals`` (leyline/
 signals.py), a dict of ``SeedStateReport`` per env keyed by slot id (leyline/reports.py) and a
 ``ParallelEnvState`` (simic/training/parallel_env_state.py). These dataclasses carry exactly the attributes that
-feature extraction reads (docs/policy-and-ppo.md#features), with upstream's names, so the reference code reads like upstream's.
+feature extraction reads (docs/policy-and-ppo.md#features), with upstream's names, so the reference code reads like
+upstream's.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Masked categorical (docs/policy-and-ppo.md#distributions): fill value, exact zeros for single-valid rows, normalised entropy, errors."""
+"""Masked categorical (docs/policy-and-ppo.md#distributions): fill value, exact zeros for single-valid rows, normalised
+entropy, errors."""
 
 import math
 

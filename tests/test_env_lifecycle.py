@@ -1,4 +1,5 @@
-"""Lifecycle, alpha controller and gates of the JAX Esper env against docs/environment.md#timing, #alpha-controller, #gates, #ops."""
+"""Lifecycle, alpha controller and gates of the JAX Esper env against docs/environment.md#timing, #alpha-controller,
+#gates, #ops."""
 
 from __future__ import annotations
 
@@ -191,7 +192,8 @@ def test_alpha_retarget_down_is_monotone_and_instant_jumps():
 
 
 def test_blending_uses_style_curve_not_heads():
-    # SIGMOID_ADD blends with SIGMOID k=12 whatever alpha_curve/speed say (docs/environment.md#alpha-controller); target HALF parks in BLENDING.
+    # SIGMOID_ADD blends with SIGMOID k=12 whatever alpha_curve/speed say (docs/environment.md#alpha-controller); target
+    # HALF parks in BLENDING.
     actions = [act(G, style=GerminationStyle.SIGMOID_ADD, target=AlphaTargetAction.HALF),
                act(A), act(A, curve=0, speed=AlphaSpeedAction.SLOW), act(W), act(W), act(A)]
     outs = run(actions)

@@ -1,5 +1,5 @@
-"""Feature extraction (docs/policy-and-ppo.md#features): every formula and clamp beyond upstream's own tests, in both compat
-modes."""
+"""Feature extraction (docs/policy-and-ppo.md#features): every formula and clamp beyond upstream's own tests, in both
+compat modes."""
 
 from __future__ import annotations
 

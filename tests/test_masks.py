@@ -1,5 +1,5 @@
-"""Action masks (docs/policy-and-ppo.md#masks) per head, after upstream's test_action_masks.py and test_action_schema_drift.py.
-Causal relevance, batching and the property tests are in test_masks_batching.py."""
+"""Action masks (docs/policy-and-ppo.md#masks) per head, after upstream's test_action_masks.py and
+test_action_schema_drift.py. Causal relevance, batching and the property tests are in test_masks_batching.py."""
 
 from __future__ import annotations
 

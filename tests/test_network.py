@@ -1,4 +1,5 @@
-"""FactoredRecurrentActorCritic (docs/policy-and-ppo.md#network): parameter count, init scheme, shapes, embedding, input checks."""
+"""FactoredRecurrentActorCritic (docs/policy-and-ppo.md#network): parameter count, init scheme, shapes, embedding, input
+checks."""
 
 import math
 

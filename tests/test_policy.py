@@ -1,4 +1,5 @@
-"""Bundle API (docs/policy-and-ppo.md#policy-functions): get_action / evaluate_actions / value / q_values semantics and no retrace."""
+"""Bundle API (docs/policy-and-ppo.md#policy-functions): get_action / evaluate_actions / value / q_values semantics and
+no retrace."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,5 @@
-"""Alpha controller (docs/environment.md#alpha-controller): retarget and tick, elementwise over any array shape (here: slots).
+"""Alpha controller (docs/environment.md#alpha-controller): retarget and tick, elementwise over any array shape (here:
+slots).
 
 Upstream's ``AlphaController`` is a small per-slot object; here every field is an array and every operation takes
 a boolean ``where`` that says which entries it applies to, so the lifecycle can drive all slots at once without

@@ -35,9 +35,9 @@ from esper_jax.contracts import (
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
     """One host preset: its topology, host parameter count, channels at each injection point (slot column
-    ``r0c{i}``), the per-env batch size (the divisor of upstream's loss quirk 1, docs/compat.md#environment-side; the host env's default
-    minibatch) and, for CNN hosts, the architecture the host env builds (``CNNHost``: 2×2 max-pool after block
-    ``i`` while ``i < pool_layers``, ``kernel_size`` convs, ``input_channels`` image channels)."""
+    ``r0c{i}``), the per-env batch size (the divisor of upstream's loss quirk 1, docs/compat.md#environment-side; the
+    host env's default minibatch) and, for CNN hosts, the architecture the host env builds (``CNNHost``: 2×2 max-pool
+    after block ``i`` while ``i < pool_layers``, ``kernel_size`` convs, ``input_channels`` image channels)."""
 
     name: str
     topology: str
@@ -55,8 +55,8 @@ TASKS: dict[str, TaskSpec] = {
     "cifar10_deep": TaskSpec("cifar10_deep", "cnn", 99_922, (8, 16, 32, 64, 128), 128, 10, pool_layers=5),
     "cifar10_blind": TaskSpec("cifar10_blind", "cnn", 2_986, (32, 64), 128, 10, pool_layers=0, kernel_size=1),
     "tinystories": TaskSpec("tinystories", "transformer", 30_044_544, (384, 384, 384), 32, 50_257),
-    # The host env's default (docs/environment.md#oracles): cifar10's CNNHost (8/16/32 channels, so every blueprint keeps
-    # its size relative to the host) on scikit-learn's 8×8 grey digits, pooled after blocks 0 and 1 (8→4→2 px).
+    # The host env's default (docs/environment.md#oracles): cifar10's CNNHost (8/16/32 channels, so every blueprint
+    # keeps its size relative to the host) on scikit-learn's 8×8 grey digits, pooled after blocks 0 and 1 (8→4→2 px).
     "digits": TaskSpec("digits", "cnn", 6_274, (8, 16, 32), 16, 10, pool_layers=2, input_channels=1),
 }
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)
@@ -89,7 +89,8 @@ def cnn_blueprint_params(blueprint: BlueprintAction, channels: int) -> int:
 
 
 def gate_params(channels: int) -> int:
-    """GATE-style gate network Linear(C, max(1, C/4)) → ReLU → Linear(·, 1): 21 / 73 / 273 at C = 8/16/32 (docs/environment.md#blueprints)."""
+    """GATE-style gate network Linear(C, max(1, C/4)) → ReLU → Linear(·, 1): 21 / 73 / 273 at C = 8/16/32
+    (docs/environment.md#blueprints)."""
     hidden = max(1, channels // 4)
     return channels * hidden + hidden + hidden + 1
 
@@ -243,7 +244,8 @@ _BLUEPRINT_NAMES: dict[str, int] = {b.name.lower(): int(b) for b in BlueprintAct
 class HostConfig:
     """Training inside one host env. One RL step = ``minibatches_per_step`` SGD steps of ``batch_size`` images
     (upstream runs a full pass of its shared loader; on digits that would saturate the host within a few steps, so
-    an RL step is a fraction of a digits epoch, docs/environment.md#oracles), then the fused validation over the whole validation split."""
+    an RL step is a fraction of a digits epoch, docs/environment.md#oracles), then the fused validation over the whole
+    validation split."""
 
     minibatches_per_step: int = 2
     batch_size: int | None = None  # None: the task's batch size (16 on digits)

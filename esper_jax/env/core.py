@@ -188,7 +188,8 @@ class EsperEnv:
         clear_ledger = outcome.fossilized & chosen
         germ_here = outcome.germinated & chosen
         # Upstream pops the slot's germination accuracy when a PRUNE or FOSSILIZE op succeeds there (an ADVANCE
-        # that fossilises does not), and again after the tick wherever no seed module is left (docs/compat.md#upstream-exact).
+        # that fossilises does not), and again after the tick wherever no seed module is left
+        # (docs/compat.md#upstream-exact).
         popped_by_op = chosen & (outcome.pruned | ((actions.op == LifecycleOp.FOSSILIZE) & outcome.success))
         feedback = feedback.replace(
             previous_alpha=slots.alpha,

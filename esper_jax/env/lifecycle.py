@@ -1,4 +1,5 @@
-"""Seed lifecycle (docs/environment.md#lifecycle, #alpha-controller, #ops; docs/compat.md#upstream-exact): gates, op execution and the epoch tick.
+"""Seed lifecycle (docs/environment.md#lifecycle, #alpha-controller, #ops; docs/compat.md#upstream-exact): gates, op
+execution and the epoch tick.
 
 All slots live in one ``Slots`` struct of ``[S]`` arrays (``env/slots.py``). An op is evaluated for every slot at
 once and the result is kept only at the sampled slot (a one-hot select), so nothing branches on traced values.
@@ -78,7 +79,8 @@ STRICT_G5_MIN_CONTRIBUTION = 1.0
 
 _PRUNABLE = (SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.HOLDING)
 
-# style -> blend curve used when BLENDING starts (docs/environment.md#alpha-controller: linear → LINEAR, sigmoid → SIGMOID k 12, gated → LINEAR)
+# style -> blend curve used when BLENDING starts (docs/environment.md#alpha-controller: linear → LINEAR, sigmoid →
+# SIGMOID k 12, gated → LINEAR)
 _BLEND_NAME_TO_CURVE = {"linear": AlphaCurve.LINEAR, "sigmoid": AlphaCurve.SIGMOID, "gated": AlphaCurve.LINEAR}
 STYLE_CURVE = np.asarray([_BLEND_NAME_TO_CURVE[STYLE_TO_KASMINA[s][0]] for s in GerminationStyle], np.int32)
 STYLE_ALGORITHM = np.asarray([STYLE_TO_KASMINA[s][1] for s in GerminationStyle], np.int32)
@@ -188,10 +190,12 @@ def _fossilize(slots: Slots) -> Slots:
 def execute(
     slots: Slots, actions: PerHead, seeds_created: jnp.ndarray, cfg: EnvConfig
 ) -> tuple[Slots, OpOutcome]:
-    """Run the sampled op on the sampled slot (docs/environment.md#ops) and judge its validity for the reward (#validity).
+    """Run the sampled op on the sampled slot (docs/environment.md#ops) and judge its validity for the reward
+    (docs/environment.md#validity).
 
     ``seeds_created`` is the episode's germination count so far: it numbers the new seed's id. The ``max_seeds``
-    limit is checked against ``live_seed_count(slots)`` (upstream's ``total_seeds()``, docs/compat.md#upstream-exact), not against it."""
+    limit is checked against ``live_seed_count(slots)`` (upstream's ``total_seeds()``, docs/compat.md#upstream-exact),
+    not against it."""
     upstream = cfg.compat == "upstream"
     num_slots = cfg.num_slots
     slot_ok = (actions.slot >= 0) & (actions.slot < num_slots)
@@ -282,9 +286,9 @@ def execute(
     def at_chosen(x: jnp.ndarray) -> jnp.ndarray:
         return jnp.any(chosen & x)
 
-    # The validity rules (docs/environment.md#validity) on the pre-action state of the sampled slot, identical in both modes: they are the
-    # mask's per-slot conditions, so a masked-in op is always valid for some slot. (Upstream's only departures are
-    # executions the rules call invalid — quirks 5 and 6 — which fixed mode does not execute.)
+    # The validity rules (docs/environment.md#validity) on the pre-action state of the sampled slot, identical in both
+    # modes: they are the mask's per-slot conditions, so a masked-in op is always valid for some slot. (Upstream's only
+    # departures are executions the rules call invalid — quirks 5 and 6 — which fixed mode does not execute.)
     valid_by_op = [
         jnp.asarray(True),
         at_chosen(can_germinate),

@@ -1,17 +1,17 @@
 """Oracles: everything that needs real training (docs/environment.md#oracles) behind one small interface.
 
 The lifecycle, signals and reward are exact; what a real host network would *measure* — one epoch of training
-(gradient statistics) followed by the fused validation pass over K alpha configurations (docs/environment.md#counterfactual-validation) — comes from an
-oracle:
+(gradient statistics) followed by the fused validation pass over K alpha configurations
+(docs/environment.md#counterfactual-validation) — comes from an oracle:
 
 * ``init(key) -> state`` — a fresh host (a new episode);
 * ``measure(state, view, configs, epoch, key) -> (state, Measurement)`` — train one epoch with the slots as
   ``view`` describes them, then validate under each row of ``configs`` (alphas ``[K, S]``; row 0 is the
   current alphas). Accuracies are in percentage points.
 
-``SimulatorOracle`` fakes those numbers cheaply (docs/environment.md#oracles): a saturating host curve, a latent gain per blueprint per
-slot realised with maturity and alpha, a host-dependency drift (the host leans on its seeds, so total improvement
-falls short of the contribution), pairwise interaction terms, paired validation noise and synthetic gradient
+``SimulatorOracle`` fakes those numbers cheaply (docs/environment.md#oracles): a saturating host curve, a latent gain
+per blueprint per slot realised with maturity and alpha, a host-dependency drift (the host leans on its seeds, so total
+improvement falls short of the contribution), pairwise interaction terms, paired validation noise and synthetic gradient
 statistics. It is for pipeline throughput and lifecycle testing; it says nothing about policy quality.
 """
 
@@ -55,7 +55,7 @@ class Measurement:
     gradient_health: jnp.ndarray  # float32 [S]
     has_vanishing: jnp.ndarray  # bool [S]
     has_exploding: jnp.ndarray  # bool [S]
-    gradient_ratio: jnp.ndarray  # float32 [S]: seed-vs-host gradient ratio r (docs/environment.md#signals-and-observation)
+    gradient_ratio: jnp.ndarray  # float32 [S]: seed/host gradient ratio (docs/environment.md#signals-and-observation)
 
 
 class Oracle(Protocol):

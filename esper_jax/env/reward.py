@@ -1,9 +1,9 @@
 """SHAPED contribution reward (docs/environment.md#reward), computed on the pre-action state.
 
 ``RewardComponents`` holds every summand; ``total`` adds them in one fixed order and is exactly the env's reward.
-The running reward normaliser (Welford, no mean subtraction, clip ±10; docs/environment.md#reward-normalisation) is shared by all envs and
-updated in env order, so it cannot live inside a per-env step: the rollout applies it (``normalize_batch`` below
-wraps ``esper_jax.normalization``).
+The running reward normaliser (Welford, no mean subtraction, clip ±10; docs/environment.md#reward-normalisation) is
+shared by all envs and updated in env order, so it cannot live inside a per-env step: the rollout applies it
+(``normalize_batch`` below wraps ``esper_jax.normalization``).
 
 Upstream/fixed differences handled here (quirk numbers of docs/compat.md#environment-side):
 
@@ -205,7 +205,8 @@ def seed_terms(
 
 
 def action_shaping(op: jnp.ndarray, seed: SeedInputs, cfg: RewardConfig) -> jnp.ndarray:
-    """Item 8 of docs/environment.md#env-wide-terms for a VALID op on the sampled slot (invalid ops arrive here as WAIT)."""
+    """Item 8 of docs/environment.md#env-wide-terms for a VALID op on the sampled slot (invalid ops arrive here as
+    WAIT)."""
     ti = seed.total_improvement
     c = seed.contribution
     known = seed.contribution_known

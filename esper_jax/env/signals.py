@@ -204,7 +204,8 @@ def observe_epoch(
 
 
 def after_action(feedback: Feedback, pre: Slots, op: jnp.ndarray, success: jnp.ndarray) -> Feedback:
-    """Caller-side updates after every step, from the pre-action reports (docs/environment.md#signals-and-observation)."""
+    """Caller-side updates after every step, from the pre-action reports
+    (docs/environment.md#signals-and-observation)."""
     reported = pre.has_state
     return feedback.replace(
         last_action_op=jnp.asarray(op, jnp.int32),
@@ -228,7 +229,7 @@ def build_observation(slots: Slots, tracker: Tracker, feedback: Feedback) -> Obs
         accuracy_history=tracker.accuracy_history,
         last_action_success=feedback.last_action_success,
         last_action_op=feedback.last_action_op,
-        total_seeds=live_seed_count(slots),  # upstream model.total_seeds() at decision time (docs/compat.md#upstream-exact)
+        total_seeds=live_seed_count(slots),  # upstream total_seeds() at decision time (docs/compat.md#upstream-exact)
     )
     ctrl = slots.controller
     has_report = slots.has_state

@@ -1,4 +1,5 @@
-"""Per-slot seed state (docs/environment.md#stages, #signals-and-observation): the ``Slots`` struct of ``[S]`` arrays and its elementwise helpers.
+"""Per-slot seed state (docs/environment.md#stages, #signals-and-observation): the ``Slots`` struct of ``[S]`` arrays
+and its elementwise helpers.
 
 An empty slot (upstream: no state object at all) is stage DORMANT; ``has_state`` is ``stage != DORMANT``.
 """

@@ -1,10 +1,12 @@
-"""The 7 CNN seed blueprints of docs/environment.md#blueprints as pure functions over one flat parameter vector per slot.
+"""The 7 CNN seed blueprints of docs/environment.md#blueprints as pure functions over one flat parameter vector per
+slot.
 
 A slot's seed parameters are a *union*: one float vector as long as the largest blueprint at the slot's channel
 count C (conv_heavy, 18C² + 4C), which every blueprint reads its tensors from at static offsets. Selecting the
 blueprint is ``lax.switch`` on its branch index (under ``vmap`` over envs XLA evaluates every branch and selects;
 at these sizes that is cheap). Initialisation is table-driven, so a newly germinated seed costs one uniform draw:
-``flat = u · bound[bp] + const[bp]``, with MULTIPLY's zero-init of the last layer (docs/environment.md#blueprints) a mask on top.
+``flat = u · bound[bp] + const[bp]``, with MULTIPLY's zero-init of the last layer (docs/environment.md#blueprints) a
+mask on top.
 
 Blueprints (x: [N, H, W, C], GN = GroupNorm with ``num_groups(C)`` groups, convs without bias):
 

@@ -2,8 +2,9 @@
 
 Block ``i`` = k×k conv (no bias) → norm → ReLU with ``channels[i]`` outputs, 2×2 max-pool after it while
 ``i < pool_layers``, then global average pool and a linear classifier. The norm is BatchNorm with batch
-statistics only (no running statistics, so the env state stays small; docs/environment.md#oracles); validation normalises with the
-validation batch's own statistics. One injection point per block, after its pooling (slot ``r0c{i}``).
+statistics only (no running statistics, so the env state stays small; docs/environment.md#oracles); validation
+normalises with the validation batch's own statistics. One injection point per block, after its pooling (slot
+``r0c{i}``).
 
 Convolutions are written as shifted views times a matmul: under ``vmap`` over envs (every env has its own
 weights) that is a batched matmul, which XLA runs well on CPU and accelerators alike, where a batched convolution

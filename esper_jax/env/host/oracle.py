@@ -5,17 +5,18 @@
 (``lax.scan``) → the fused validation of the K alpha configurations, vmapped over the distinct feature variants
 the configurations induce (they share the network up to their first differing slot; see ``validate``).
 
-Per slot, by stage (docs/environment.md#blending; CNN isolation: the seed always reads a detached copy of the host features):
+Per slot, by stage (docs/environment.md#blending; CNN isolation: the seed always reads a detached copy of the host
+features):
 
 * no module / GERMINATED: y = h, the seed gets no gradient;
 * TRAINING: y = h + (s − stop_gradient(s)) — the value is h, the host's gradient is the host-only one, ∂L/∂s = ∂L/∂y;
 * BLENDING / HOLDING / FOSSILIZED: y = blend(h, s, alpha) with the slot's operator; where alpha is 0, y = h exactly.
 
-Optimisation (docs/environment.md#blending): the host by SGD (lr, momentum, weight decay) with its gradient norm clipped; each seed by its own
-SGD (no weight decay), clipped on its own, stepping in TRAINING, BLENDING, HOLDING and after fossilisation; frozen
-seeds (alpha ramping down to a prune) get no update. A seed's optimizer is fresh when it is germinated and again when
-it fossilises. Quirk 7: the GATE network stays at its initialisation under ``upstream`` and trains with its seed's
-group under ``fixed``.
+Optimisation (docs/environment.md#blending): the host by SGD (lr, momentum, weight decay) with its gradient norm
+clipped; each seed by its own SGD (no weight decay), clipped on its own, stepping in TRAINING, BLENDING, HOLDING and
+after fossilisation; frozen seeds (alpha ramping down to a prune) get no update. A seed's optimizer is fresh when it is
+germinated and again when it fossilises. Quirk 7: the GATE network stays at its initialisation under ``upstream`` and
+trains with its seed's group under ``fixed``.
 """
 
 from __future__ import annotations
