@@ -245,7 +245,7 @@ def evaluate_baselines(cfg: TrainingConfig, static: Static, train_state, seed: i
             "std_return": float(ret.std()),
             "reward_components_per_episode": {k: float(v) for k, v in comp.items()},
             "seed_outcomes_per_episode": {k: float(v) for k, v in outcomes.items()},
-            # the same per-episode sums under upstream's RewardComponentsTelemetry names (ppo.md §7.7)
+            # the same per-episode sums under upstream's RewardComponentsTelemetry names (docs/environment.md#log-names)
             "reward_telemetry": RewardComponentsTelemetry.from_env_components(
                 {k: float(v) for k, v in comp.items()}, num_fossilized_seeds=int(round(float(outcomes["fossilized"])))
             ).to_dict(),

@@ -60,7 +60,7 @@ def report(tmp_path_factory):
 
 def test_first_update_of_the_compiled_interval_on_8_devices_matches_1_device(report):
     diff = report["interval"]["first_update_params"]
-    assert diff["bound_excess"] <= 0, f"params after one update outside parity.md's bound: {diff}"
+    assert diff["bound_excess"] <= 0, f"params after one update outside docs/parity.md's bound: {diff}"
 
 
 @pytest.mark.slow  # two more compiles of ppo.update (~40 s of CPU); the interval check covers one update by default
@@ -69,7 +69,7 @@ def test_one_update_on_the_same_trajectory_on_8_devices_matches_1_device(tmp_pat
     assert upd["trajectory_sharding"] == "P(None, 'data')", "the trajectory was not split by env"
     assert upd["steps_applied"] == 4 and upd["params_moved"] > 1e-4, "the update must actually move the params"
     for part in ("params", "opt_state", "metrics"):
-        assert upd[part]["bound_excess"] <= 0, f"{part}: 8-device update outside parity.md's bound: {upd[part]}"
+        assert upd[part]["bound_excess"] <= 0, f"{part}: 8-device update outside docs/parity.md's bound: {upd[part]}"
 
 
 def test_three_compiled_training_intervals_on_8_devices_match_1_device(report):
@@ -79,7 +79,7 @@ def test_three_compiled_training_intervals_on_8_devices_match_1_device(report):
     # Same keys → the same sampled actions, resets and episode counts; floats within the update bound.
     for part in ("metrics", "params", "runner"):
         assert run[part]["discrete_equal"], f"{part}: discrete outcomes differ between 1 and 8 devices"
-        assert run[part]["bound_excess"] <= 0, f"{part}: 8-device interval outside parity.md's bound: {run[part]}"
+        assert run[part]["bound_excess"] <= 0, f"{part}: 8-device interval outside docs/parity.md's bound: {run[part]}"
 
 
 @pytest.mark.slow  # two compiles of the full interval with the simulator (~3 min of CPU on 2 cores)
@@ -90,7 +90,7 @@ def test_short_training_run_on_8_devices_matches_1_device(tmp_path):
     # Same keys → the same sampled actions, episodes and seed ops; float metrics within the update bound.
     assert run["counts_identical"], "discrete outcomes differ between 1 and 8 devices"
     for part in ("records", "params", "runner"):  # runner: env states, carries, returns after the last rollout
-        assert run[part]["bound_excess"] <= 0, f"{part}: 8-device run outside parity.md's bound: {run[part]}"
+        assert run[part]["bound_excess"] <= 0, f"{part}: 8-device run outside docs/parity.md's bound: {run[part]}"
 
 
 def test_bad_device_and_env_counts_are_refused_clearly(report):
