@@ -114,3 +114,15 @@ def test_report_summarises_and_pairs_against_wait():
     assert "| grow_light | 91.50 ± 0.50 | +0.50 ± 0.50 |" in table
     with pytest.raises(ValueError, match="unknown controller"):
         scripted.act_fns(("wait", "nope"))
+
+
+@pytest.mark.slow  # compiles the host env's episode scan: minutes on a loaded 2-core CPU
+def test_controllers_command_writes_its_results(tmp_path):
+    out = tmp_path / "run"
+    results = controllers.main(
+        ["--epochs", "3", "--episodes", "2", "--compat", "fixed", "--controllers", "wait,heuristic", "--out", str(out)]
+    )
+    assert (out / "results.json").exists() and (out / "results.md").exists()
+    wait = results["modes"]["fixed"]["wait"]["per_episode"]
+    assert wait["fossils"] == [0, 0] and wait["params"] == [6274.0, 6274.0]
+    assert "| heuristic |" in (out / "results.md").read_text()
