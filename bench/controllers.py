@@ -121,7 +121,8 @@ def markdown(results: dict) -> str:
         for name, r in by_ctrl.items():
             s = r["summary"]
             acc = np.asarray(r["per_episode"]["final_acc"])
-            delta = "—" if wait is None or name == "wait" else f"{np.mean(acc - wait):+.2f} ± {np.std(acc - wait):.2f}"
+            paired = acc - wait if wait is not None and name != "wait" else None
+            delta = "—" if paired is None else f"{np.mean(paired):+.2f} ± {np.std(paired):.2f}"
             ops = "/".join(f"{x:.1f}" for x in s["ops"])
             lines.append(
                 f"| {name} | {s['final_acc'][0]:.2f} ± {s['final_acc'][1]:.2f} | {delta} | {s['params'][0]:,.0f} | "

@@ -103,7 +103,8 @@ def _seed(stage=S.TRAINING, k=2, ti=0.0, c=0.0, known=False, acc_germ=0.0, has_g
 
 
 def _attribution(fixed, **kw):
-    terms = R.seed_terms(jnp.int32(LifecycleOp.WAIT), _seed(**kw), jnp.float32(60.0), jnp.float32(5.0), CFG, fixed, fixed)
+    op, val_acc, acc_delta = jnp.int32(LifecycleOp.WAIT), jnp.float32(60.0), jnp.float32(5.0)
+    terms = R.seed_terms(op, _seed(**kw), val_acc, acc_delta, CFG, fixed, fixed)
     return float(terms.attribution)
 
 
