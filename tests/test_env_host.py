@@ -283,6 +283,23 @@ def test_a_seed_grown_to_fossil_changes_the_host_and_its_contribution_is_measure
     np.testing.assert_allclose(without, host_only, rtol=1e-5, atol=1e-5)
 
 
+def test_fixed_mode_reference_accuracy_is_a_seedless_twin_of_the_host():
+    """Issue 17: the fixed reward's reference is the same initial host trained on the same minibatches without
+    seeds. Equal to the host while no seed has changed its forward pass; apart once a fossil has."""
+    env, _, _, _ = _env()
+    states, _ = scripted_run()
+    first, final = states[0], states[-1]
+    assert float(first.tracker.reference_accuracy) == float(first.tracker.val_accuracy)
+    for a, b in zip(jax.tree.leaves(first.oracle.twin), jax.tree.leaves(first.oracle.host)):
+        np.testing.assert_array_equal(a, b)
+    apart = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(final.oracle.twin),
+                                                                jax.tree.leaves(final.oracle.host)))
+    assert apart > 1e-4
+    logits = env.oracle.host_only(final.oracle.twin, jnp.asarray(env.oracle.data.val_images))
+    twin_acc = 100.0 * np.mean(np.argmax(np.asarray(logits), -1) == env.oracle.data.val_labels)
+    assert float(final.tracker.reference_accuracy) == pytest.approx(twin_acc, abs=1e-4)
+
+
 def test_a_pruned_seed_leaves_the_host_function_exactly():
     env, _, _, probe = _env()
     states, actions = scripted_run()

@@ -30,6 +30,8 @@ Quirks of upstream (docs/compat.md#environment-side) and how ``EnvConfig.compat`
 | 10 | LM fused-validation reshape; LOSS-family sign | not applicable (SHAPED only; the simulator has no LM pass) | — |
 | 11 | WAIT never reports success | last_action_success False after WAIT | True |
 | 13 | blend-out freeze read before the alpha tick | a seed stays frozen one epoch after its ramp-down ends | frozen only while alpha is still going down |
+| 14 | host gradient through a blended slot | ``host``: ADD/GATE y = h + a·(s − h) with a detached seed input: ∂y/∂h = 1 − a, no gradient to the blocks before a slot at a = 1 or after fossilisation | ``host``: y = h + a·(s − stop_gradient(h)), same value, ∂y/∂h = 1. ``sim``: not applicable |
+| 15 | farmable reward | proxy attribution for alpha-0 seeds; ti = improvement since germination; fossils contribute by ti; no charge when a seed leaves | no proxy; ti = accuracy − the seedless reference (sim curve / host-env twin); fossils contribute by their counterfactual; −0.3·Φ charged when a seed leaves and at the episode's end |
 | 12 | a failed G3 ADVANCE counts as valid for the reward | valid, success False | same (kept): the reward equals WAIT's either way, and the mask cannot see gate state, so calling it invalid would make masked-in ops illegal |
 """
 

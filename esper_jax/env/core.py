@@ -152,13 +152,18 @@ class EsperEnv:
             previous_alpha=feedback.previous_alpha,
             previous_params=feedback.previous_params,
         )
+        fixed = cfg.compat == "fixed"
+        # Quirk 15: the fixed reward judges seeds by the env's gain over the same host without seeds.
+        gain_over_reference = tracker.val_accuracy - tracker.reference_accuracy
         seeds = reward.SeedInputs(
             present=slots.has_module,
             stage=slots.stage,
             epochs_in_stage=slots.epochs_in_stage,
             previous_stage=slots.previous_stage,
             previous_epochs_in_stage=slots.previous_epochs_in_stage,
-            total_improvement=slots.total_improvement,
+            total_improvement=jnp.broadcast_to(gain_over_reference, slots.total_improvement.shape)
+            if fixed
+            else slots.total_improvement,
             contribution=slots.contribution,
             contribution_known=slots.contribution_fresh,
             interaction_sum=slots.interaction_sum,
@@ -187,6 +192,11 @@ class EsperEnv:
         credit = jnp.where(outcome.fossilized, reward.hindsight_credit(ledger_row, epoch, ti, rcfg), 0.0)
         clear_ledger = outcome.fossilized & chosen
         germ_here = outcome.germinated & chosen
+        if fixed:  # quirk 15: a fossil contributes by its own counterfactual contribution
+            c_chosen = jnp.sum(jnp.where(chosen, slots.contribution, 0.0))
+            contributes = jnp.any(chosen & slots.has_contribution) & (c_chosen >= rcfg.min_fossilize_contribution)
+        else:
+            contributes = ti >= rcfg.min_fossilize_contribution
         # Upstream pops the slot's germination accuracy when a PRUNE or FOSSILIZE op succeeds there (an ADVANCE
         # that fossilises does not), and again after the tick wherever no seed module is left
         # (docs/compat.md#upstream-exact).
@@ -198,7 +208,7 @@ class EsperEnv:
             scaffold_ledger=jnp.where(clear_ledger[:, None, None], 0.0, feedback.scaffold_ledger),
             seeds_fossilized=feedback.seeds_fossilized + outcome.fossilized.astype(jnp.int32),
             contributing_fossilized=feedback.contributing_fossilized
-            + (outcome.fossilized & (ti >= rcfg.min_fossilize_contribution)).astype(jnp.int32),
+            + (outcome.fossilized & contributes).astype(jnp.int32),
             seeds_created=feedback.seeds_created + outcome.germinated.astype(jnp.int32),
             acc_at_germination=jnp.where(germ_here, tracker.val_accuracy, feedback.acc_at_germination),
             has_acc_at_germination=(feedback.has_acc_at_germination | germ_here) & ~popped_by_op,
@@ -207,6 +217,12 @@ class EsperEnv:
         ticked = lifecycle.step_epoch(acted, cfg)
         feedback = feedback.replace(has_acc_at_germination=feedback.has_acc_at_germination & ticked.has_module)
         post = EnvState(slots=ticked, tracker=tracker, feedback=feedback, oracle=state.oracle)
+        if fixed:
+            # Quirk 15: charge the potential of every seed module that leaves its slot this step, and of every seed
+            # at the episode's end (a terminal state has potential 0), so PBRS telescopes and pays nothing net.
+            leaving = slots.has_module & (~ticked.has_module | is_last)
+            removal = reward.pbrs_removal(slots.stage, slots.epochs_in_stage, leaving, rcfg)
+            components = components.replace(pbrs=components.pbrs + removal)
 
         next_state = jax.lax.cond(is_last, lambda s: s, lambda s: self._advance_epoch(s, key), post)
         info = StepInfo(

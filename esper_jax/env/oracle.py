@@ -56,6 +56,10 @@ class Measurement:
     has_vanishing: jnp.ndarray  # bool [S]
     has_exploding: jnp.ndarray  # bool [S]
     gradient_ratio: jnp.ndarray  # float32 [S]: seed/host gradient ratio (docs/environment.md#signals-and-observation)
+    # float32 scalar: the accuracy the same host reaches without any seed (docs/compat.md quirk 15; the simulator's seedless curve,
+    # the host env's seedless twin under ``fixed``). Where it cannot be measured (host env, ``upstream``) it is
+    # val_accuracy[0]; only the ``fixed`` reward reads it.
+    reference_accuracy: jnp.ndarray
 
 
 class Oracle(Protocol):
@@ -141,6 +145,8 @@ class SimulatorOracle:
         shared = sim.host_noise * jax.random.normal(k_shared, ())
         paired = sim.paired_noise * jax.random.normal(k_pair, (configs.shape[0],))
         acc = jnp.clip(host - dependency + seed_term + pair_term + shared + paired, 0.0, 100.0)
+        # The seedless host on the same epoch and the same noise as row 0: no dependency, no seed or pair terms.
+        reference = jnp.clip(host + shared + paired[0], 0.0, 100.0)
 
         # A loss that falls as accuracy rises, ln(C) at chance level.
         err = 1.0 - acc / 100.0
@@ -169,6 +175,7 @@ class SimulatorOracle:
             has_vanishing=sampled & jnp.any(vanishing, axis=-1),
             has_exploding=sampled & jnp.any(exploding, axis=-1),
             gradient_ratio=ratio,
+            reference_accuracy=reference,
         )
 
 

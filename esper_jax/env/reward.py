@@ -13,6 +13,17 @@ Upstream/fixed differences handled here (quirk numbers of docs/compat.md#environ
 * 4 — upstream's PBRS takes Φ_prev = Φ(stage, k − 1) whenever k > 0, and k ≥ 1 always holds at reward time, so stage
   jumps never earn their potential difference; fixed uses Φ(previous_stage, previous_k) at k = 1 (the potential
   the seed showed one step earlier), except right after germination, whose jump the GERMINATE shaping already pays.
+* 15 (the reward must not be farmable). Upstream pays the proxy attribution 0.3·max(Δacc, 0) for every
+  seed without a fresh counterfactual — seeds at alpha 0 (GERMINATED, TRAINING), which cannot change the forward
+  pass; judges a seed's progress, discount, warnings and ratio penalty by the host's improvement since the seed's
+  germination (so a seed germinated early is credited with the host's own learning); counts a fossil as
+  contributing when that improvement is ≥ 1 pp; and never charges the potential a seed loses when it is removed, so
+  germinate→prune loops keep the GERMINATE shaping and the PBRS climb. Fixed pays no proxy (a seed earns
+  attribution only from its measured counterfactual); takes the seeds' improvement ``ti`` as the env's accuracy
+  minus its ``reference_accuracy`` (the same host without seeds: the simulator's seedless curve, the host env's
+  seedless twin; ``core.py``); counts a fossil as contributing by its own counterfactual contribution; and charges
+  −w·Φ(stage, k) on the step a seed module leaves its slot and, for every seed still there, on the episode's last
+  step (``pbrs_removal``; the end of an episode is a terminal state of potential 0), closing the PBRS telescope.
 """
 
 from __future__ import annotations
@@ -135,8 +146,10 @@ def seed_terms(
     acc_delta: jnp.ndarray,
     cfg: RewardConfig,
     fixed_pbrs: bool,
+    fixed_attribution: bool = False,
 ) -> SeedTerms:
-    """Items 1–5 of docs/environment.md#seed-terms for one seed under the (effective) op."""
+    """Items 1–5 of docs/environment.md#seed-terms for one seed under the (effective) op. ``fixed_attribution`` (quirk 15): no proxy, and the
+    progress that bounds the attribution is ``ti`` itself (the env's gain over its seedless reference)."""
     ti = seed.total_improvement
     c = seed.contribution
     k = seed.epochs_in_stage
@@ -146,9 +159,10 @@ def seed_terms(
     # scales the attribution (and the proxy) but not the penalty.
     cw = cfg.contribution_weight
     d = attribution_discount(ti, cfg)
-    progress = val_acc - seed.acc_at_germination
+    progress = ti if fixed_attribution else val_acc - seed.acc_at_germination
+    has_progress = True if fixed_attribution else seed.has_acc_at_germination
     bounded = jnp.where(
-        seed.has_acc_at_germination,
+        has_progress,
         jnp.where(progress <= 0.0, 0.0, jnp.where(c >= progress, jnp.sqrt(jnp.maximum(progress * c, 0.0)), c)),
         0.5 * c,
     )
@@ -157,6 +171,9 @@ def seed_terms(
     known = jnp.where(c < 0.0, cw * c, known_nonnegative)
     proxy_weight = cw * cfg.proxy_confidence_factor  # upstream's proxy_contribution_weight
     proxy = jnp.where(acc_delta > 0.0, proxy_weight * acc_delta, 0.0)
+    if fixed_attribution:
+        proxy_weight = 0.0
+        proxy = jnp.zeros_like(proxy)
     attributed = seed.present & ~fossil
     a = jnp.where(seed.contribution_known, known, proxy)
     a = jnp.where(attributed, a, 0.0)
@@ -202,6 +219,15 @@ def seed_terms(
         seed.present & (seed.interaction_sum > 0.0), 0.1 * jnp.tanh(0.5 * seed.interaction_sum), 0.0
     )
     return SeedTerms(attribution=a, blending_warning=blending, holding_warning=holding, pbrs=pbrs, synergy=synergy)
+
+
+def pbrs_removal(stage: jnp.ndarray, k: jnp.ndarray, leaving: jnp.ndarray, cfg: RewardConfig) -> jnp.ndarray:
+    """Quirk 15, fixed only: the PBRS term of the transition out of the slot, γ·0 − Φ(stage, k), summed over the
+    seeds whose module leaves this step or is still there at the episode's end (``leaving`` [S]; stage and k are
+    the pre-action values)."""
+    if cfg.disable_pbrs:
+        return jnp.zeros((), jnp.float32)
+    return -cfg.pbrs_weight * jnp.sum(jnp.where(leaving, potential(stage, k, cfg), 0.0))
 
 
 def action_shaping(op: jnp.ndarray, seed: SeedInputs, cfg: RewardConfig) -> jnp.ndarray:
@@ -296,7 +322,7 @@ def shaped_reward(
     chosen = jnp.arange(num_slots) == slot
     fixed = compat == "fixed"
     op_per_slot = jnp.where(chosen, op, LifecycleOp.WAIT)
-    terms = jax.vmap(lambda o, s: seed_terms(o, s, val_acc, acc_delta, cfg, fixed))(op_per_slot, seeds)
+    terms = jax.vmap(lambda o, s: seed_terms(o, s, val_acc, acc_delta, cfg, fixed, fixed))(op_per_slot, seeds)
     weight = jnp.ones(num_slots, jnp.float32) if fixed else chosen.astype(jnp.float32)
     summed = jax.tree.map(lambda x: jnp.sum(x * weight), terms)
     sampled_seed = jax.tree.map(lambda x: jnp.sum(jnp.where(chosen, x, jnp.zeros_like(x))).astype(x.dtype), seeds)

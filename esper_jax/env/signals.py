@@ -37,6 +37,7 @@ class Tracker:
     loss_history: jnp.ndarray  # float32 [5], oldest first, left-padded with 0
     accuracy_history: jnp.ndarray  # float32 [5]
     host_max_accuracy: jnp.ndarray  # float32
+    reference_accuracy: jnp.ndarray  # float32: the host's accuracy without seeds (Measurement; fixed reward only)
 
     @property
     def accuracy_delta(self) -> jnp.ndarray:
@@ -73,6 +74,7 @@ def initial_tracker() -> Tracker:
         loss_history=jnp.zeros(HISTORY_LENGTH, jnp.float32),
         accuracy_history=jnp.zeros(HISTORY_LENGTH, jnp.float32),
         host_max_accuracy=z,
+        reference_accuracy=z,
     )
 
 
@@ -199,6 +201,7 @@ def observe_epoch(
         loss_history=_push(tracker.loss_history, loss),
         accuracy_history=_push(tracker.accuracy_history, val_acc),
         host_max_accuracy=jnp.maximum(tracker.host_max_accuracy, val_acc),
+        reference_accuracy=jnp.asarray(m.reference_accuracy, jnp.float32),
     )
     return slots, tracker, feedback
 

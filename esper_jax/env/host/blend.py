@@ -8,6 +8,13 @@ With host features h, seed output s, seed input x_s and amplitude a ∈ [0, 1]:
 
 The operator is the slot's ``AlphaAlgorithm`` (``SlotView.algorithm``; the germination style picks it through
 ``STYLE_TO_KASMINA`` and SET_ALPHA_TARGET may switch it). All three are computed and one selected: no branching.
+
+Host gradient (``compat`` quirk 14, docs/compat.md). The seed reads a detached copy of h (CNN isolation), so under ADD and GATE the
+host's gradient through the slot is ∂y/∂h = 1 − a: zero at a = 1, for the rest of the episode once a seed is
+fossilised, and every host block before the slot stops learning. ``upstream`` keeps that. ``fixed``
+(``host_gradient=True``) blends as y = h + a·(s − stop_gradient(h)): the same value, and ∂y/∂h = 1, the gradient a
+residual seed s = x + f(x) would pass to the host without f's own Jacobian. MULTIPLY already passes
+1 + a·tanh(s − x_s) and is the same in both modes.
 """
 
 from __future__ import annotations
@@ -56,13 +63,22 @@ class GateLayout:
 
 
 def blend(
-    algorithm: jnp.ndarray, h: jnp.ndarray, s: jnp.ndarray, x_s: jnp.ndarray, alpha: jnp.ndarray, gate: jnp.ndarray
+    algorithm: jnp.ndarray,
+    h: jnp.ndarray,
+    s: jnp.ndarray,
+    x_s: jnp.ndarray,
+    alpha: jnp.ndarray,
+    gate: jnp.ndarray,
+    host_gradient: bool = False,
 ) -> jnp.ndarray:
-    """y for one slot: ``algorithm`` int AlphaAlgorithm, ``gate`` [N] = g(x_s) (used by GATE only)."""
-    add = h + alpha * (s - h)
+    """y for one slot: ``algorithm`` int AlphaAlgorithm, ``gate`` [N] = g(x_s) (used by GATE only).
+
+    ``host_gradient`` (static; True in ``fixed`` mode) keeps ∂y/∂h = 1 under ADD and GATE; the value is unchanged."""
+    h_out = jax.lax.stop_gradient(h) if host_gradient else h
+    add = h + alpha * (s - h_out)
     multiply = h * (1.0 + alpha * jnp.tanh(s - x_s))
     a_eff = jnp.clip(alpha * gate, 0.0, 1.0)[:, None, None, None]
-    gated = h + a_eff * (s - h)
+    gated = h + a_eff * (s - h_out)
     return jnp.where(
         algorithm == AlphaAlgorithm.MULTIPLY, multiply, jnp.where(algorithm == AlphaAlgorithm.GATE, gated, add)
     )

@@ -11,12 +11,19 @@ features):
 * no module / GERMINATED: y = h, the seed gets no gradient;
 * TRAINING: y = h + (s − stop_gradient(s)) — the value is h, the host's gradient is the host-only one, ∂L/∂s = ∂L/∂y;
 * BLENDING / HOLDING / FOSSILIZED: y = blend(h, s, alpha) with the slot's operator; where alpha is 0, y = h exactly.
+  Under ``fixed`` the ADD and GATE blends keep the host's own gradient (∂y/∂h = 1, ``blend.py``), so the host blocks
+  before a blended or fossilised slot keep learning; under ``upstream`` ∂y/∂h = 1 − a, zero at full amplitude.
 
 Optimisation (docs/environment.md#blending): the host by SGD (lr, momentum, weight decay) with its gradient norm
 clipped; each seed by its own SGD (no weight decay), clipped on its own, stepping in TRAINING, BLENDING, HOLDING and
 after fossilisation; frozen seeds (alpha ramping down to a prune) get no update. A seed's optimizer is fresh when it is
 germinated and again when it fossilises. Quirk 7: the GATE network stays at its initialisation under ``upstream`` and
 trains with its seed's group under ``fixed``.
+
+Under ``fixed`` the state also carries a seedless twin (docs/compat.md, quirk 15): the same initial host, trained on the same
+minibatches with the same optimiser and no seed. Its validation accuracy is ``Measurement.reference_accuracy``, what
+this host would reach without its seeds, which the ``fixed`` reward judges the seeds against. Under ``upstream`` there
+is no twin and the reference is row 0's accuracy (unused).
 """
 
 from __future__ import annotations
@@ -63,6 +70,10 @@ class HostState:
     seed_id: jnp.ndarray  # int32 [S]: the seed the slot's parameters belong to (-1: none yet)
     stage: jnp.ndarray  # int32 [S]: the stage seen at the last measurement
     gate_live: jnp.ndarray  # bool [S]: a gate network was in use at the last measurement
+    # ``fixed`` only (None under ``upstream``): the seedless twin, the same initial host trained on the same
+    # minibatches without any seed, whose validation accuracy is the reward's reference (docs/compat.md, quirk 15).
+    twin: cnn.HostParams | None = None
+    twin_momentum: cnn.HostParams | None = None
 
 
 @struct.dataclass
@@ -176,7 +187,7 @@ class HostOracle:
             x_s = jax.lax.stop_gradient(h)
             s = self.layouts[i].apply(ctrl.branch[i], slots[i].seed, x_s)
             gate = self.gates[i].apply(slots[i].gate, x_s)
-            blended = blend(ctrl.algorithm[i], h, s, x_s, ctrl.alpha[i], gate)
+            blended = blend(ctrl.algorithm[i], h, s, x_s, ctrl.alpha[i], gate, host_gradient=self.compat != "upstream")
             straight = h + (s - jax.lax.stop_gradient(s))
             on = ctrl.blended[i] & (ctrl.alpha[i] > 0.0)
             return jnp.where(on, blended, jnp.where(ctrl.straight_through[i], straight, h))
@@ -216,7 +227,13 @@ class HostOracle:
             seed_id=jnp.full((s,), -1, jnp.int32),
             stage=jnp.full((s,), SeedStage.DORMANT, jnp.int32),
             gate_live=jnp.zeros((s,), jnp.bool_),
+            twin=host if self.has_twin else None,
+            twin_momentum=jax.tree.map(jnp.zeros_like, host) if self.has_twin else None,
         )
+
+    @property
+    def has_twin(self) -> bool:
+        return self.compat != "upstream"
 
     def _sync_seeds(self, state: HostState, view: SlotView, key: jax.Array) -> HostState:
         """Fresh parameters for newly germinated seeds and newly built gates; fresh optimizers on fossilisation."""
@@ -294,6 +311,15 @@ class HostOracle:
             host, slots = trainable
             return jnp.mean(_cross_entropy(self.forward(host, slots, ctrl, x), y))
 
+        def twin_loss(host, x, y):
+            return jnp.mean(_cross_entropy(self.host_only(host, x), y))
+
+        def host_sgd(params, momentum, g):
+            g = _clip(g, hc.max_grad_norm)
+            g = jax.tree.map(lambda g, p: g + hc.host_weight_decay * p, g, params)
+            buf = jax.tree.map(lambda b, g: hc.host_momentum * b + g, momentum, g)
+            return jax.tree.map(lambda p, b: p - hc.host_lr * b, params, buf), buf
+
         def sgd(p, buf, g, lr, momentum, on):
             new_buf = momentum * buf + g
             return jnp.where(on, p - lr * new_buf, p), jnp.where(on, new_buf, buf)
@@ -307,10 +333,11 @@ class HostOracle:
             take = index % hc.gradient_stride == 0
             stats = jax.tree.map(lambda new, old: jnp.where(take, new, old), fresh, stats)
 
-            host_g = _clip(host_g, hc.max_grad_norm)
-            host_g = jax.tree.map(lambda g, p: g + hc.host_weight_decay * p, host_g, st.host)
-            host_m = jax.tree.map(lambda buf, g: hc.host_momentum * buf + g, st.host_momentum, host_g)
-            host = jax.tree.map(lambda p, buf: p - hc.host_lr * buf, st.host, host_m)
+            host, host_m = host_sgd(st.host, st.host_momentum, host_g)
+            if self.has_twin:
+                twin_g = jax.grad(twin_loss)(st.twin, images[idx], labels[idx])
+                twin, twin_m = host_sgd(st.twin, st.twin_momentum, twin_g)
+                st = st.replace(twin=twin, twin_momentum=twin_m)
 
             slots = []
             for i, (p, g) in enumerate(zip(st.slots, slot_g)):
@@ -402,6 +429,11 @@ class HostOracle:
         state = self._sync_seeds(state, view, k_sync)
         state, stats = self._train(state, view, k_train)
         acc, loss = self.validate(state, view, configs)
+        if self.has_twin:
+            twin_logits = self.host_only(state.twin, jnp.asarray(self.data.val_images))[None]
+            reference = self._scores(twin_logits, jnp.asarray(self.data.val_labels))[0][0]
+        else:
+            reference = acc[0]
         return state, Measurement(
             val_accuracy=acc,
             val_loss=loss,
@@ -410,4 +442,5 @@ class HostOracle:
             has_vanishing=stats.vanishing,
             has_exploding=stats.exploding,
             gradient_ratio=stats.ratio,
+            reference_accuracy=reference,
         )
