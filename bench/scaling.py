@@ -46,12 +46,12 @@ def device_counts(available: int) -> list[int]:
 
 def _interval(num_envs: int, devices: int):
     """(compiled-interval inputs, jitted interval, network config, params) as the trainer builds them."""
-    from esper_jax import distributed, ppo, rollout, train
+    from esper_jax import distributed, ppo, rollout, trainer
     from esper_jax import env as env_pkg
 
     env = env_pkg.make("sim")
     config = fixtures.network_config(env.num_slots)
-    static = train.Static(
+    static = trainer.Static(
         env=env, network=config, ppo=ppo.PPOConfig(compat=fixtures.COMPAT),
         rollout=rollout.RolloutConfig(num_steps=SEQ_LEN, compat=fixtures.COMPAT),
     )
@@ -59,19 +59,21 @@ def _interval(num_envs: int, devices: int):
 
     layout = distributed.make_layout(num_envs, devices)
     runner = jax.jit(rollout.init_runner, static_argnums=(0, 1, 2))(env, config, num_envs, jax.random.PRNGKey(1))
-    state = layout.place({"train": _train_state(ppo, static.ppo, config), "runner": runner,
-                          "key": jax.random.PRNGKey(2)})
-    return state, train._interval_fn(static, 1, layout), config, state["train"].params
+    state = layout.place(trainer.TrainerState(train=_train_state(ppo, static.ppo, config), runner=runner,
+                                              key=jax.random.PRNGKey(2), counters=trainer.Counters.of()))
+    return state, trainer._interval_fn(static, 1, layout), config, state.train.params
 
 
 def measure(devices: int, envs_per_device: int, options: Options, baseline: float | None, note: str) -> Measurement:
     num_envs = devices * envs_per_device
     state, fn, config, params = _interval(num_envs, devices)
-    compiled = common.compile_jax(fn, state["train"], state["runner"], state["key"])
+    compiled = common.compile_jax(fn, state.train, state.runner, state.key)
+    latest = [state]  # threaded from one timed call to the next, as training does
 
     def call():
-        train_state, runner, key, outs = compiled.fn(state["train"], state["runner"], state["key"])
-        state.update(train=train_state, runner=runner, key=key)
+        now = latest[0]
+        train_state, runner, key, outs = compiled.fn(now.train, now.runner, now.key)
+        latest[0] = now.replace(train=train_state, runner=runner, key=key)
         return train_state.params, outs
 
     timing = common.time_jax(call, options)

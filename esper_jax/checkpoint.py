@@ -2,9 +2,11 @@
 
 A checkpoint (``RUN_DIR/checkpoints/<interval>``, orbax ``CheckpointManager``) holds
 
-* ``state``: the pytree ``{"train": TrainState (params, optimiser state, obs normaliser, train_steps),
-  "runner": RunnerState (env states, observations, LSTM carries, reward normaliser, episode returns),
-  "key": the trainer's PRNG key, "counters": {interval, iteration, env_steps, episodes}}``
+* ``state``: the trainer's ``TrainerState`` (``esper_jax.trainer``): ``train`` (TrainState: params, optimiser
+  state, obs normaliser, train_steps), ``runner`` (RunnerState: env states, observations, LSTM carries, reward
+  normaliser, episode returns), ``key`` (the trainer's PRNG key) and ``counters`` (interval, iteration,
+  env_steps, episodes). Orbax stores it as nested dicts keyed by field names, the same layout as the plain dict
+  the trainer saved before ``TrainerState``, so those checkpoints restore into it unchanged.
 * ``meta``: JSON ``{"format": FORMAT_VERSION, "interval": ..., "config": TrainingConfig.to_dict()}``. A
   checkpoint written before the config became a tree holds the flat config; it is read through
   ``esper_jax.config.load_dict`` and compared in the tree's terms.

@@ -178,7 +178,8 @@ class Layout:
         return Trajectory(**fields)
 
     def state(self) -> dict[str, Any]:
-        """Shardings of the trainer's state dict (``counters`` stay host numpy and are not placed)."""
+        """Shardings of the trainer's state (``trainer.TrainerState``) by field name; ``counters`` stay host numpy
+        and are not placed."""
         return {"train": self.replicated, "runner": self.runner(), "key": self.replicated}
 
     # ---- placement and compilation ----------------------------------------------------------------------------
@@ -187,26 +188,24 @@ class Layout:
         """Inside jit: keep the trajectory split by env between the rollout and the update."""
         return jax.lax.with_sharding_constraint(trajectory, self.trajectory())
 
-    def place(self, state: dict[str, Any]) -> dict[str, Any]:
-        """Put the trainer's state on the mesh. Every process passes the same full values (they come from the
-        same seed or checkpoint) and keeps only the shards on its own devices. Host numpy leaves stay on the
-        host."""
-        placed = dict(state)
-        for name, shardings in self.state().items():
-            if name in state:
-                placed[name] = jax.tree.map(_put, shardings, state[name],
-                                            is_leaf=lambda x: isinstance(x, NamedSharding))
-        return placed
+    def place(self, state: Any) -> Any:
+        """Put the trainer's state (a ``TrainerState``, or any struct with its ``train``/``runner``/``key``
+        fields) on the mesh. Every process passes the same full values (they come from the same seed or
+        checkpoint) and keeps only the shards on its own devices. Host numpy leaves stay on the host."""
+        return state.replace(**{
+            name: jax.tree.map(_put, shardings, getattr(state, name), is_leaf=lambda x: isinstance(x, NamedSharding))
+            for name, shardings in self.state().items()
+        })
 
-    def abstract(self, state: dict[str, Any]) -> dict[str, Any]:
+    def abstract(self, state: Any) -> Any:
         """``ShapeDtypeStruct`` leaves carrying this layout's shardings, for restoring a checkpoint straight onto
         the mesh. Host numpy leaves (the int64 counters) stay numpy: every process reads them whole."""
-        out = dict(state)
-        for name, shardings in self.state().items():
-            out[name] = jax.tree.map(
+        return state.replace(**{
+            name: jax.tree.map(
                 lambda s, tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree),
-                shardings, state[name], is_leaf=lambda x: isinstance(x, NamedSharding))
-        return out
+                shardings, getattr(state, name), is_leaf=lambda x: isinstance(x, NamedSharding))
+            for name, shardings in self.state().items()
+        })
 
     def jit_interval(self, run: Any) -> Any:
         """``jax.jit`` of ``run(train_state, runner, key) -> (train_state, runner, key, metrics)`` with the

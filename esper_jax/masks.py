@@ -63,12 +63,13 @@ class MaskConfig:
         # silently trains on the wrong blueprints, so an unknown name is an error here.
         if self.topology not in TOPOLOGIES:
             raise ValueError(f"topology must be one of {TOPOLOGIES}, got {self.topology!r}")
-        if isinstance(self.max_seeds, bool) or not isinstance(self.max_seeds, (int, np.integer)):
-            raise TypeError(f"max_seeds must be an integer (0 = unlimited), got {self.max_seeds!r}")
+        # Python scalars only: the config is hashed as a jit static argument and written to config.json.
+        if type(self.max_seeds) is not int:
+            raise TypeError(f"MaskConfig.max_seeds must be a Python int (0 = unlimited), got {self.max_seeds!r}")
         if self.max_seeds < 0:
-            raise ValueError(f"max_seeds must be >= 0 (0 = unlimited), got {self.max_seeds}")
-        object.__setattr__(self, "max_seeds", int(self.max_seeds))
-        object.__setattr__(self, "allow_governor_override", bool(self.allow_governor_override))
+            raise ValueError(f"MaskConfig.max_seeds must be >= 0 (0 = unlimited), got {self.max_seeds}")
+        if type(self.allow_governor_override) is not bool:
+            raise TypeError(f"MaskConfig.allow_governor_override must be a bool, got {self.allow_governor_override!r}")
 
 
 def _blueprint_mask(topology: str) -> np.ndarray:

@@ -62,7 +62,7 @@ HIDDEN_GAIN = math.sqrt(2.0)
 EMBEDDING_STD = 0.02
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class NetworkConfig:
     """Static network shape. Hashable, so it can be a static argument of ``jax.jit``.
 
@@ -70,12 +70,16 @@ class NetworkConfig:
     observation width, which is derived: ``state_dim = feature_size(num_slots)``.
     """
 
+    # dtype and matmul_dtype keep the spelling they were given (jnp.float32, np.float32, "float32"); the network
+    # reads resolved_dtype / resolved_matmul_dtype. Equality and hashing compare the resolved types, so every
+    # spelling of one config is one jit cache entry (and __post_init__ never rewrites a field to get there).
+
     num_slots: int = 3
     feature_dim: int = DEFAULT_FEATURE_DIM
     hidden_dim: int = DEFAULT_HIDDEN_DIM
     lstm_layers: int = 1
     blueprint_embed_dim: int = DEFAULT_BLUEPRINT_EMBED_DIM
-    dtype: Any = jnp.float32
+    dtype: Any = np.float32
     # Operand type of the matmuls (None: ``dtype``). bfloat16 rounds activations and kernels to bf16 and
     # accumulates in ``dtype``; params, biases, LayerNorm, the LSTM cell maths and the heads' softmax stay in
     # ``dtype``. It halves the bytes of weights a small-batch step streams and runs on bf16 tensor cores on GPUs.
@@ -88,15 +92,36 @@ class NetworkConfig:
                 raise ValueError(f"NetworkConfig.{name} must be an integer >= 1, got {value!r}")
         if self.hidden_dim % 2:
             raise ValueError(f"NetworkConfig.hidden_dim must be even (heads use hidden_dim // 2), got {self.hidden_dim}")
-        # Normalise to a numpy scalar type so float32 given as jnp.float32, np.float32 or "float32" hash alike.
-        object.__setattr__(self, "dtype", np.dtype(self.dtype).type)
-        matmul = self.dtype if self.matmul_dtype is None else _float_dtype("matmul_dtype", self.matmul_dtype)
-        if np.dtype(matmul).itemsize > np.dtype(self.dtype).itemsize:
+        dtype = _float_dtype("dtype", self.dtype)
+        matmul = dtype if self.matmul_dtype is None else _float_dtype("matmul_dtype", self.matmul_dtype)
+        if np.dtype(matmul).itemsize > np.dtype(dtype).itemsize:
             raise ValueError(
                 f"NetworkConfig.matmul_dtype ({np.dtype(matmul).name}) must not be wider than dtype "
-                f"({np.dtype(self.dtype).name}): the matmuls accumulate in dtype"
+                f"({np.dtype(dtype).name}): the matmuls accumulate in dtype"
             )
-        object.__setattr__(self, "matmul_dtype", matmul)
+
+    @property
+    def resolved_dtype(self) -> Any:
+        """``dtype`` as a numpy scalar type (params, activations, the LSTM cell and the heads' softmax)."""
+        return _float_dtype("dtype", self.dtype)
+
+    @property
+    def resolved_matmul_dtype(self) -> Any:
+        """The matmuls' operand type as a numpy scalar type: ``matmul_dtype``, or ``dtype`` when None."""
+        return self.resolved_dtype if self.matmul_dtype is None else _float_dtype("matmul_dtype", self.matmul_dtype)
+
+    def _key(self) -> tuple:
+        spelled = ("dtype", "matmul_dtype")
+        return (*(getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in spelled),
+                self.resolved_dtype, self.resolved_matmul_dtype)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     @property
     def state_dim(self) -> int:
@@ -272,7 +297,7 @@ class FactoredRecurrentActorCritic(nn.Module):
 
     def setup(self) -> None:
         cfg = self.config
-        dt, mm = cfg.dtype, cfg.matmul_dtype
+        dt, mm = cfg.resolved_dtype, cfg.resolved_matmul_dtype
         h, hh = cfg.hidden_dim, cfg.head_hidden_dim
         sizes = cfg.head_sizes
         self.blueprint_embedding = BlueprintEmbedding(cfg.blueprint_embed_dim, dt)
@@ -295,7 +320,7 @@ class FactoredRecurrentActorCritic(nn.Module):
         validate_inputs(cfg, features, blueprint_indices, time_axis=True)
         emb, out_of_range = self.blueprint_embedding(blueprint_indices)  # [..., T, S, E]
         emb_flat = emb.reshape(*emb.shape[:-2], cfg.num_slots * cfg.blueprint_embed_dim)  # slot-major
-        x = jnp.concatenate([jnp.asarray(features, cfg.dtype), emb_flat.astype(cfg.dtype)], axis=-1)
+        x = jnp.concatenate([jnp.asarray(features, cfg.resolved_dtype), emb_flat.astype(cfg.resolved_dtype)], axis=-1)
         y, new_carry = self.lstm(self.feature_net(x), carry)
         z = self.lstm_ln(y)
         logits = PerHead(**{name: getattr(self, f"{name}_head")(z) for name in HEAD_NAMES})

@@ -90,7 +90,7 @@ def _network(config: NetworkConfig) -> FactoredRecurrentActorCritic:
 def initial_carry(config: NetworkConfig, batch_shape: tuple[int, ...] | int = ()) -> LSTMCarry:
     """Zero LSTM state ``[*batch_shape, L, H]`` in the config dtype."""
     shape = (batch_shape,) if isinstance(batch_shape, int) else tuple(batch_shape)
-    zeros = jnp.zeros((*shape, config.lstm_layers, config.hidden_dim), config.dtype)
+    zeros = jnp.zeros((*shape, config.lstm_layers, config.hidden_dim), config.resolved_dtype)
     return LSTMCarry(h=zeros, c=zeros)
 
 
@@ -100,7 +100,7 @@ def init(key: jax.Array, config: NetworkConfig) -> dict[str, Any]:
     torch names.
 
     Jitted: eager initialisation dispatches hundreds of small ops and is several times slower on CPU."""
-    features = jnp.zeros((1, 1, config.state_dim), config.dtype)
+    features = jnp.zeros((1, 1, config.state_dim), config.resolved_dtype)
     indices = jnp.full((1, 1, config.num_slots), -1, jnp.int32)
     op = jnp.zeros((1, 1), jnp.int32)
     variables = _network(config).init(key, features, indices, initial_carry(config, (1,)), op)
@@ -108,17 +108,18 @@ def init(key: jax.Array, config: NetworkConfig) -> dict[str, Any]:
 
 
 def cast_kernels(params: Any, config: NetworkConfig) -> Any:
-    """The params with every matmul kernel stored in ``config.matmul_dtype`` (the rest unchanged): for acting.
+    """The params with every matmul kernel stored in ``config.resolved_matmul_dtype`` (the rest unchanged): for acting.
 
     A rollout step at small batch streams every kernel from memory once; cast once before the step loop, the
     loop reads the narrow copy (3.63M float32 params are 14.5 MB, 7.3 MB in bf16). The result computes exactly
     what ``params`` computes under ``config`` (the network rounds kernels to ``matmul_dtype`` anyway); gradients
     are taken with respect to the full-width params, never this copy. At full width it returns ``params``.
     """
-    if np.dtype(config.matmul_dtype) == np.dtype(config.dtype):
+    matmul = config.resolved_matmul_dtype
+    if np.dtype(matmul) == np.dtype(config.resolved_dtype):
         return params
     return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: leaf.astype(config.matmul_dtype) if is_kernel(path) else leaf, params
+        lambda path, leaf: leaf.astype(matmul) if is_kernel(path) else leaf, params
     )
 
 

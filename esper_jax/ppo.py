@@ -42,7 +42,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -111,14 +111,43 @@ def _integer(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
+def head_weights(weights: Any) -> tuple[tuple[str, float], ...]:
+    """``PPOConfig.entropy_coef_per_head`` pairs from a mapping (or ``PerHead``) head → multiplier, in HEAD_NAMES
+    order (the JSON reader's and the CLI's way to it)."""
+    if isinstance(weights, PerHead):
+        weights = weights.as_dict()
+    weights = dict(weights)
+    unknown = sorted(set(weights) - set(HEAD_NAMES), key=str)
+    if unknown:
+        raise ValueError(f"PPOConfig.entropy_coef_per_head has unknown heads {unknown}; valid: {HEAD_NAMES}")
+    return tuple((h, weights[h]) for h in HEAD_NAMES if h in weights)
+
+
+def _check_head_weights(pairs: Any) -> None:
+    name = "PPOConfig.entropy_coef_per_head"
+    if not isinstance(pairs, tuple) or not all(isinstance(p, tuple) and len(p) == 2 for p in pairs):
+        raise ValueError(f"{name} must be a tuple of (head, multiplier) pairs (hashable), got {pairs!r}; "
+                         "PPOConfig.head_weights(mapping) builds them from a mapping")
+    heads = [h for h, _ in pairs]
+    unknown = sorted(set(heads) - set(HEAD_NAMES), key=str)
+    if unknown:
+        raise ValueError(f"{name} has unknown heads {unknown}; valid: {HEAD_NAMES}")
+    in_order = [h for h in HEAD_NAMES if h in heads]
+    if heads != in_order:
+        raise ValueError(f"{name} must name each head once, in HEAD_NAMES order: {in_order}, got {heads}")
+    for h, weight in pairs:
+        _number(f"entropy_coef_per_head[{h}]", weight)
+
+
 @dataclasses.dataclass(frozen=True)
 class PPOConfig:
     """Every loss/optimiser knob of the PPO update (docs/policy-and-ppo.md#ppo-update). Frozen and hashable (jit
     static).
 
-    ``entropy_coef_per_head`` accepts a mapping head → multiplier (a missing head gets 1.0, as upstream); it is
-    stored as a tuple of (head, value) pairs in HEAD_NAMES order so the config stays hashable.
-    ``adaptive_entropy_floor`` is accepted for config compatibility but has no effect (dead upstream).
+    ``entropy_coef_per_head`` is a tuple of (head, multiplier) pairs in HEAD_NAMES order, so the config stays
+    hashable; a missing head gets 1.0, as upstream (``head_entropy_coefs`` fills them in). A mapping is refused:
+    ``PPOConfig.head_weights({"op": 2.0})`` builds the pairs from one.
+    ``adaptive_entropy_floor`` is accepted for config compatibility but has no effect (dead upstream too).
     """
 
     gamma: float = 0.995
@@ -133,7 +162,7 @@ class PPOConfig:
     entropy_coef_min: float = 0.01
     entropy_anneal_steps: int = 0
     adaptive_entropy_floor: bool = False
-    entropy_coef_per_head: Any = tuple(ENTROPY_COEF_PER_HEAD.items())
+    entropy_coef_per_head: Any = head_weights(ENTROPY_COEF_PER_HEAD)
     learning_rate: float = 3e-4
     adam_eps: float = 1e-5
     adam_b1: float = 0.9
@@ -178,19 +207,16 @@ class PPOConfig:
         _integer("minibatches", self.minibatches, 1)
         check_compat(self.compat)
 
-        per_head = self.entropy_coef_per_head
-        if isinstance(per_head, PerHead):
-            per_head = per_head.as_dict()
-        per_head = dict(per_head)
-        unknown = sorted(set(per_head) - set(HEAD_NAMES))
-        if unknown:
-            raise ValueError(f"PPOConfig.entropy_coef_per_head has unknown heads {unknown}; valid: {HEAD_NAMES}")
-        pairs = tuple((h, _number(f"entropy_coef_per_head[{h}]", per_head.get(h, 1.0))) for h in HEAD_NAMES)
-        object.__setattr__(self, "entropy_coef_per_head", pairs)
+        _check_head_weights(self.entropy_coef_per_head)
+
+    head_weights = staticmethod(head_weights)
+    json_readers: ClassVar[dict[str, Any]] = {"entropy_coef_per_head": head_weights}  # config.strict.from_dict
 
     @property
     def head_entropy_coefs(self) -> dict[str, float]:
-        return dict(self.entropy_coef_per_head)
+        """The multiplier of every head (1.0 where ``entropy_coef_per_head`` does not name it)."""
+        given = dict(self.entropy_coef_per_head)
+        return {h: float(given.get(h, 1.0)) for h in HEAD_NAMES}
 
     @property
     def kl_threshold(self) -> float | None:

@@ -36,23 +36,42 @@ def canonical_slot_id(slot_id: str) -> str:
     return f"r{row}c{col}"
 
 
+def _canonical_ids(slot_ids: Iterable[str]) -> tuple[str, ...]:
+    """Canonical ids of a sequence of slot ids or aliases, refusing empty, duplicate and malformed ones."""
+    if isinstance(slot_ids, str) or not isinstance(slot_ids, Iterable):
+        raise TypeError(f"SlotConfig.slot_ids must be a sequence of slot id strings, got {slot_ids!r}")
+    ids = tuple(canonical_slot_id(s) for s in slot_ids)
+    if not ids:
+        raise ValueError("SlotConfig.slot_ids must name at least one slot (got an empty sequence)")
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"SlotConfig.slot_ids contains duplicates after resolving aliases: {ids}")
+    return ids
+
+
 @dataclasses.dataclass(frozen=True)
 class SlotConfig:
     """The ordered slots of a host. The order (network order: row-major over r<row>c<col>) is the slot axis of
-    every per-slot array: observation, features, masks, slot head and blueprint indices."""
+    every per-slot array: observation, features, masks, slot head and blueprint indices.
+
+    ``slot_ids`` holds canonical ids in network order, as given: the constructor checks that and refuses anything
+    else, naming the canonical order. ``SlotConfig.of`` resolves aliases (early/mid/late) and sorts first."""
 
     slot_ids: tuple[str, ...] = ("r0c0", "r0c1", "r0c2")
 
     def __post_init__(self) -> None:
-        if isinstance(self.slot_ids, str) or not isinstance(self.slot_ids, Iterable):
-            raise TypeError(f"slot_ids must be a sequence of slot id strings, got {self.slot_ids!r}")
-        ids = tuple(canonical_slot_id(s) for s in self.slot_ids)
-        if not ids:
-            raise ValueError("slot_ids must name at least one slot (got an empty sequence)")
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"slot_ids contains duplicates after resolving aliases: {ids}")
+        ids = _canonical_ids(self.slot_ids)
+        if not isinstance(self.slot_ids, tuple):
+            raise TypeError(f"SlotConfig.slot_ids must be a tuple (hashable), got {type(self.slot_ids).__name__}; "
+                            f"SlotConfig.of({list(self.slot_ids)!r}) builds one")
         ordered = tuple(sorted(ids, key=_parse_slot_id))
-        object.__setattr__(self, "slot_ids", ordered)
+        if self.slot_ids != ordered:
+            raise ValueError(f"SlotConfig.slot_ids must be canonical ids in network order (row-major): {ordered}, "
+                             f"got {self.slot_ids}; SlotConfig.of resolves aliases and sorts")
+
+    @classmethod
+    def of(cls, slot_ids: Iterable[str]) -> SlotConfig:
+        """The SlotConfig of these ids given in any order and spelling (aliases resolved, sorted)."""
+        return cls(tuple(sorted(_canonical_ids(slot_ids), key=_parse_slot_id)))
 
     @property
     def num_slots(self) -> int:

@@ -6,7 +6,7 @@ one JSON object it prints last:
 
 * ``update``: the same trajectory (the update benchmark's synthetic one) fed to ``ppo.update`` jitted with the
   1-device and the N-device layout (2 epochs × 2 minibatches, so the minibatch permutation is exercised).
-* ``interval``: the trainer's compiled interval (``train._interval_fn``: rollout + update, one iteration per call)
+* ``interval``: the trainer's compiled interval (``trainer._interval_fn``: rollout + update, one iteration per call)
   run 3 times on each layout from the same state, with a small replay env that compiles in seconds: the params
   after the first call are one update (on each layout's own rollout), after the third a short training run.
 * ``train``: ``esper_jax.train.train`` on the lifecycle simulator, same seed, ``--devices 1`` and ``--devices N``:
@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from esper_jax import distributed, ppo, rollout, testing, train
+from esper_jax import distributed, ppo, rollout, testing, train, trainer
 from esper_jax.config import CheckpointConfig, ConfigError, DistributedConfig, RunTelemetryConfig, TrainingConfig
 from esper_jax.contracts import LifecycleOp, SlotConfig
 from esper_jax.env import EnvConfig
@@ -132,10 +132,10 @@ def check_update(devices: int) -> dict:
             in_shardings=(layout.replicated, layout.trajectory(), layout.replicated),
             out_shardings=layout.replicated,
         )
-        placed = layout.place({"train": state, "key": jax.random.PRNGKey(2)})
+        placed = jax.device_put(state, layout.replicated)
         # Both layouts update the SAME trajectory, split by env over their own devices.
         traj = jax.tree.map(lambda s, x: jax.device_put(x, s), layout.trajectory(), trajectory)
-        new_state, metrics = update(placed["train"], traj, jax.random.PRNGKey(3))
+        new_state, metrics = update(placed, traj, jax.random.PRNGKey(3))
         results[n] = (jax.tree.map(np.asarray, new_state), jax.tree.map(np.asarray, metrics))
         results[f"sharding_{n}"] = str(traj.features.sharding.spec)
     (state_1, metrics_1), (state_n, metrics_n) = results[1], results[devices]
@@ -154,20 +154,21 @@ def check_update(devices: int) -> dict:
 def check_interval(devices: int) -> dict:
     env = ReplayEnv()
     net = NetworkConfig(num_slots=env.num_slots, feature_dim=HIDDEN, hidden_dim=HIDDEN)
-    static = train.Static(env=env, network=net, ppo=ppo.PPOConfig(epochs=2, minibatches=2, learning_rate=1e-3),
+    static = trainer.Static(env=env, network=net, ppo=ppo.PPOConfig(epochs=2, minibatches=2, learning_rate=1e-3),
                           rollout=rollout.RolloutConfig(num_steps=2 * env.length))
     num_envs = 16
-    fresh = {"train": ppo.create_train_state(jax.random.PRNGKey(0), static.ppo, net),
-             "runner": rollout.init_runner(env, net, num_envs, jax.random.PRNGKey(1)), "key": jax.random.PRNGKey(2)}
+    fresh = trainer.TrainerState(train=ppo.create_train_state(jax.random.PRNGKey(0), static.ppo, net),
+                                 runner=rollout.init_runner(env, net, num_envs, jax.random.PRNGKey(1)),
+                                 key=jax.random.PRNGKey(2), counters=trainer.Counters.of())
     results = {}
     for n in (1, devices):
         layout = distributed.make_layout(num_envs, n)
         state = layout.place(fresh)
-        fn = train._interval_fn(static, 1, layout)
+        fn = trainer._interval_fn(static, 1, layout)
         outs, first = [], None
         for _ in range(3):
-            train_state, runner, key, out = fn(state["train"], state["runner"], state["key"])
-            state = {"train": train_state, "runner": runner, "key": key}
+            train_state, runner, key, out = fn(state.train, state.runner, state.key)
+            state = state.replace(train=train_state, runner=runner, key=key)
             outs.append(out)
             first = first or jax.tree.map(np.asarray, train_state.params)
         results[n] = jax.tree.map(np.asarray, (state, outs, first))
@@ -176,9 +177,9 @@ def check_interval(devices: int) -> dict:
     return {
         "first_update_params": _max_diffs(first_n, first_1),
         "metrics": _max_diffs(outs_n, outs_1),
-        "params": _max_diffs(state_n["train"].params, state_1["train"].params),
-        "runner": _max_diffs(state_n["runner"], state_1["runner"]),
-        "key_equal": bool(np.array_equal(state_n["key"], state_1["key"])),
+        "params": _max_diffs(state_n.train.params, state_1.train.params),
+        "runner": _max_diffs(state_n.runner, state_1.runner),
+        "key_equal": bool(np.array_equal(state_n.key, state_1.key)),
         "episodes": int(sum(o["rollout"].episodes_completed.sum() for o in outs_1)),
         "carry_sharding": results[f"carry_sharding_{devices}"],
     }
@@ -190,10 +191,10 @@ def check_train(devices: int, out: Path) -> dict:
         started = time.perf_counter()
         result = train.train(TRAIN_CONFIG, out / f"devices{n}", evaluate=False,
                              distributed=DistributedConfig(devices=n))
-        runs[n] = {"records": result.records, "params": jax.tree.map(np.asarray, result.state["train"].params),
-                   "runner": jax.tree.map(np.asarray, result.state["runner"]), "seconds": time.perf_counter() - started,
-                   "carry_sharding": str(result.state["runner"].carry.h.sharding.spec),
-                   "num_devices": len(result.state["runner"].carry.h.sharding.device_set)}
+        runs[n] = {"records": result.records, "params": jax.tree.map(np.asarray, result.state.train.params),
+                   "runner": jax.tree.map(np.asarray, result.state.runner), "seconds": time.perf_counter() - started,
+                   "carry_sharding": str(result.state.runner.carry.h.sharding.spec),
+                   "num_devices": len(result.state.runner.carry.h.sharding.device_set)}
     one, many = runs[1], runs[devices]
     keys = sorted({k for r in one["records"] for k in r})
     return {
@@ -240,12 +241,12 @@ def run_process(out: Path, coordinator: str, num_processes: int, process_id: int
     result = train.train(TRAIN_CONFIG, out / "multihost", evaluate=False,
                          distributed=DistributedConfig(coordinator=coordinator, num_processes=num_processes,
                                                        process_id=process_id))
-    carry = result.state["runner"].carry.h
+    carry = result.state.runner.carry.h
     return {
         "process_index": jax.process_index(), "process_count": jax.process_count(),
         "global_devices": len(jax.devices()), "local_envs": sum(s.data.shape[0] for s in carry.addressable_shards),
         "records": result.records,
-        "params": jax.tree.map(lambda x: np.asarray(x).tolist(), result.state["train"].params),
+        "params": jax.tree.map(lambda x: np.asarray(x).tolist(), result.state.train.params),
     }
 
 

@@ -98,7 +98,7 @@ def test_presets_keep_upstream_hyperparameters():
     assert (d.ppo.entropy_coef, d.env_kind, d.env.task) == (0.08, "sim", "cifar10_deep")
     t = preset("tinystories")
     assert (t.ppo.entropy_coef, t.ppo.entropy_anneal_steps, t.env_kind, t.env.task) == (0.05, 3, "sim", "tinystories")
-    assert t.rollout.mask_config.topology == t.env.topology == "transformer"  # the masks offer the task's blueprints
+    assert t.rollout.mask_config.topology == t.env.resolved_topology == "transformer"  # the masks offer the task's blueprints
     with pytest.raises(ConfigError, match="valid"):
         preset("nope")
 
@@ -257,7 +257,7 @@ def test_cli_preset_config_and_overrides(tmp_path):
     assert args.debug_nans and args.out == tmp_path / "run" and args.preset == "cifar10"
     args = parse_args(["--network.matmul-dtype", "bfloat16", "--env.host.batch-size", "8", "--ppo.clip-ratio", "0.3"])
     assert args.preset == "default" and args.config.ppo.clip_ratio == 0.3 and args.config.env.host.batch_size == 8
-    assert args.config.network.matmul_dtype.__name__ == "bfloat16"
+    assert args.config.network.resolved_matmul_dtype.__name__ == "bfloat16"
 
 
 def test_cli_shared_values_in_one_flag():

@@ -65,8 +65,8 @@ def test_observation_layout_sizes():
 
 def test_slot_config_canonical_order_and_aliases():
     assert c.SlotConfig.default().slot_ids == ("r0c0", "r0c1", "r0c2")
-    assert c.SlotConfig(("late", "early", "mid")).slot_ids == ("r0c0", "r0c1", "r0c2")
-    assert c.SlotConfig(("r1c0", "r0c2")).slot_ids == ("r0c2", "r1c0")  # row-major network order
+    assert c.SlotConfig.of(("late", "early", "mid")).slot_ids == ("r0c0", "r0c1", "r0c2")
+    assert c.SlotConfig.of(("r1c0", "r0c2")).slot_ids == ("r0c2", "r1c0")  # row-major network order
     assert c.SlotConfig.for_grid(2, 3).slot_ids == ("r0c0", "r0c1", "r0c2", "r1c0", "r1c1", "r1c2")
     assert c.SlotConfig.with_num_slots(25).num_slots == 25
     assert c.SlotConfig.for_grid(1, 12).slot_ids[10] == "r0c10"  # numeric, not lexicographic, order

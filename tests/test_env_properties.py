@@ -40,7 +40,7 @@ class Record:
 
 def _episode(env, key):
     cfg = env.config
-    mask_cfg = masks.MaskConfig(max_seeds=cfg.max_seeds, topology=cfg.topology)
+    mask_cfg = masks.MaskConfig(max_seeds=cfg.max_seeds, topology=cfg.resolved_topology)
     k_reset, k_run = jax.random.split(key)
     state, obs = env.reset(k_reset)
 

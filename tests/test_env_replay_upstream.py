@@ -47,7 +47,7 @@ OP_WEIGHTS = np.asarray([2.0, 1.0, 0.6, 0.4, 0.8, 2.5], np.float32)
 def _stepper(max_seeds: int):
     env = make("sim", EnvConfig(episode_length=LENGTH, compat="upstream", max_seeds=max_seeds))
     cfg = env.config
-    mask_cfg = masks.MaskConfig(max_seeds=cfg.max_seeds, topology=cfg.topology)
+    mask_cfg = masks.MaskConfig(max_seeds=cfg.max_seeds, topology=cfg.resolved_topology)
 
     def one(state, obs, key):
         k_act, k_step = jax.random.split(key)

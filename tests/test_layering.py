@@ -41,7 +41,8 @@ def _offending(files: list[Path], forbidden: tuple[str, ...]) -> dict[str, list[
 def test_the_environment_does_not_import_the_rollout_or_anything_above_it():
     files = sorted((ROOT / "esper_jax" / "env").rglob("*.py"))
     assert files, "no environment sources found"
-    above = ("esper_jax.rollout", "esper_jax.ppo", "esper_jax.advantages", "esper_jax.ppo_loss", "esper_jax.train")
+    above = ("esper_jax.rollout", "esper_jax.ppo", "esper_jax.advantages", "esper_jax.ppo_loss", "esper_jax.train",
+             "esper_jax.trainer", "esper_jax.evaluation")
     assert _offending(files, above) == {}
 
 

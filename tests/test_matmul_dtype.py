@@ -47,17 +47,17 @@ def _batch(num_envs: int, num_steps: int):
 
 
 def test_config_normalises_and_rejects_bad_matmul_dtypes():
-    assert np.dtype(F32.matmul_dtype) == np.float32 and np.dtype(BF16.matmul_dtype) == jnp.bfloat16
+    assert np.dtype(F32.resolved_matmul_dtype) == np.float32 and np.dtype(BF16.resolved_matmul_dtype) == jnp.bfloat16
     assert NetworkConfig(num_slots=3, matmul_dtype=np.float32) == NetworkConfig(num_slots=3)
-    assert np.dtype(NetworkConfig(num_slots=3, dtype=jnp.float64).matmul_dtype) == np.float64
+    assert np.dtype(NetworkConfig(num_slots=3, dtype=jnp.float64).resolved_matmul_dtype) == np.float64
     with pytest.raises(ValueError, match="matmul_dtype must be a float dtype.*int8"):
         NetworkConfig(num_slots=3, matmul_dtype="int8")
     with pytest.raises(ValueError, match="matmul_dtype must be a float dtype"):
         NetworkConfig(num_slots=3, matmul_dtype="bfloat17")
     with pytest.raises(ValueError, match="matmul_dtype .float64. must not be wider than dtype .float32."):
         NetworkConfig(num_slots=3, matmul_dtype="float64")
-    assert np.dtype(from_flat_dict({"matmul_dtype": "bfloat16"}).network.matmul_dtype) == jnp.bfloat16
-    assert np.dtype(TrainingConfig().network.matmul_dtype) == np.float32
+    assert np.dtype(from_flat_dict({"matmul_dtype": "bfloat16"}).network.resolved_matmul_dtype) == jnp.bfloat16
+    assert np.dtype(TrainingConfig().network.resolved_matmul_dtype) == np.float32
     with pytest.raises(ConfigError, match="matmul_dtype"):
         from_flat_dict({"matmul_dtype": "float16"})
 

@@ -209,7 +209,7 @@ def test_ppo_config_defaults_and_validation():
     assert cfg.kl_threshold == pytest.approx(0.0225)
     assert cfg.head_entropy_coefs == ppo.ENTROPY_COEF_PER_HEAD
     hash(cfg)  # a jit static argument
-    custom = ppo.PPOConfig(entropy_coef_per_head={"op": 2.0})
+    custom = ppo.PPOConfig(entropy_coef_per_head=ppo.PPOConfig.head_weights({"op": 2.0}))
     assert custom.head_entropy_coefs["op"] == 2.0 and custom.head_entropy_coefs["blueprint"] == 1.0
     assert ppo.PPOConfig(target_kl=None).kl_threshold is None
     for kwargs, field in [
@@ -225,7 +225,9 @@ def test_ppo_config_defaults_and_validation():
         (dict(max_grad_norm=-1.0), "max_grad_norm"),
         (dict(value_clip=0.0), "value_clip"),
         (dict(entropy_anneal_steps=-1), "entropy_anneal_steps"),
-        (dict(entropy_coef_per_head={"opp": 1.0}), "entropy_coef_per_head"),
+        (dict(entropy_coef_per_head=(("opp", 1.0),)), "entropy_coef_per_head"),
+        (dict(entropy_coef_per_head={"op": 1.0}), "entropy_coef_per_head"),  # a mapping is not hashable
+        (dict(entropy_coef_per_head=(("op", 1.0), ("slot", 1.0))), "entropy_coef_per_head"),  # not in head order
         (dict(compat="latest"), "compat"),
     ]:
         with pytest.raises(ValueError, match=field):

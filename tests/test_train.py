@@ -151,7 +151,7 @@ def test_progress_bar_shows_eta_when_intervals_are_slow():
 def test_same_seed_identical_metrics(full_run, tmp_path):
     again = train_mod.train(TINY, tmp_path / "again", evaluate=False)
     assert (tmp_path / "again" / "metrics.jsonl").read_bytes() == (full_run.run_dir / "metrics.jsonl").read_bytes()
-    _assert_trees_equal(again.state["train"].params, full_run.state["train"].params)
+    _assert_trees_equal(again.state.train.params, full_run.state.train.params)
 
 
 def test_resume_matches_uninterrupted(full_run, tmp_path):
@@ -160,8 +160,8 @@ def test_resume_matches_uninterrupted(full_run, tmp_path):
     assert not first.finished and len(first.records) == 2
     second = train_mod.train(QUIET, run_dir, resume=True, evaluate=False)
     assert second.finished
-    _assert_trees_equal(second.state["train"], full_run.state["train"])
-    _assert_trees_equal(second.state["runner"], full_run.state["runner"])
+    _assert_trees_equal(second.state.train, full_run.state.train)
+    _assert_trees_equal(second.state.runner, full_run.state.runner)
     assert (run_dir / "metrics.jsonl").read_bytes() == (full_run.run_dir / "metrics.jsonl").read_bytes()
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from esper_jax import train as train_mod
+from esper_jax import trainer
 from esper_jax.checkpoint import CheckpointError
 from esper_jax.config import RunTelemetryConfig
 from tests.test_train import TINY
@@ -43,7 +44,7 @@ def _records(run_dir: Path) -> list[dict]:
 
 def _poison_from(monkeypatch, first_bad_interval: int, path_part: str = "value_head") -> None:
     """From the given interval on, the interval starts from parameters whose `path_part` leaves are NaN."""
-    original = train_mod._interval_fn
+    original = trainer._interval_fn
     calls = [0]
 
     def patched(*args):
@@ -58,7 +59,7 @@ def _poison_from(monkeypatch, first_bad_interval: int, path_part: str = "value_h
 
         return run
 
-    monkeypatch.setattr(train_mod, "_interval_fn", patched)
+    monkeypatch.setattr(trainer, "_interval_fn", patched)
 
 
 # --- 1. non-finite values stop the run --------------------------------------------------------------------------
@@ -193,7 +194,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_intact_one(tmp_path, capsys
     assert len(resumed.skipped_checkpoints) == 2 and all(len(line) < 400 for line in resumed.skipped_checkpoints)
     assert [p.name for p in (run_dir / "corrupt_checkpoints").iterdir()] == ["4-0"]  # kept for inspection
     # intervals 2 and 3 ran again from checkpoint 2: same end state as the uninterrupted run
-    for x, y in zip(jax.tree.leaves(resumed.state["train"]), jax.tree.leaves(full.state["train"]), strict=True):
+    for x, y in zip(jax.tree.leaves(resumed.state.train), jax.tree.leaves(full.state.train), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert [r["interval"] for r in _records(run_dir)] == [0, 1, 2, 3]
 

@@ -82,8 +82,8 @@ def preset_choice(configs: dict[str, TrainingConfig]) -> tuple[Any, Preset]:
     return Annotated[union, tyro.conf.arg(name="")], Preset(first, configs[first])
 
 
-# network.dtype / matmul_dtype are typed Any (NetworkConfig normalises them to numpy types): on the command line they
-# are dtype names. The rule rewrites only those two fields of NetworkConfig; the rest is tyro's dataclass rule.
+# network.dtype / matmul_dtype are typed Any (NetworkConfig accepts any dtype spelling): on the command line they
+# are dtype names, defaulting to the resolved ones. The rule rewrites only those two fields of NetworkConfig; the rest is tyro's dataclass rule.
 _DTYPE_FIELDS = {"dtype": Literal["float32", "float64"], "matmul_dtype": Literal["float32", "bfloat16"]}
 
 
@@ -101,8 +101,10 @@ def registry():
         from tyro.constructors._struct_spec_dataclass import dataclass_rule
 
         spec = dataclass_rule(info)
+        net = info.default if isinstance(info.default, NetworkConfig) else NetworkConfig()
+        names = {"dtype": np.dtype(net.resolved_dtype).name, "matmul_dtype": np.dtype(net.resolved_matmul_dtype).name}
         fields = tuple(
-            StructFieldSpec(name=f.name, type=_DTYPE_FIELDS[f.name], default=np.dtype(f.default).name,
+            StructFieldSpec(name=f.name, type=_DTYPE_FIELDS[f.name], default=names[f.name],
                             helptext=f.helptext) if f.name in _DTYPE_FIELDS else f
             for f in spec.fields
         )
@@ -156,7 +158,7 @@ def apply_shared(sections: dict, **values: Any) -> dict:
         if name == "slots":  # the slot ids and, from their count, the network's slot axis
             from esper_jax.slots import SlotConfig
 
-            slot_config = SlotConfig(tuple(value))
+            slot_config = SlotConfig.of(value)
             out["env"] = dataclasses.replace(out["env"], slots=slot_config)
             out["network"] = dataclasses.replace(out["network"], num_slots=len(slot_config.slot_ids))
             continue

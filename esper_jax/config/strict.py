@@ -5,8 +5,9 @@ that names the dotted path (``ppo.clip_ratio``) and, for unknown keys, the valid
 int → float and list → tuple. The component configs (``PPOConfig``, ``EnvConfig``, ...) validate themselves and
 raise ValueError/TypeError; those are re-raised here as ``ConfigError`` with the path of the section.
 
-Three fields of the component configs are typed ``Any`` because their classes normalise them: network dtypes
-(written as their names, ``"float32"``) and ``ppo.entropy_coef_per_head`` (written as an object head → weight).
+Three fields of the component configs are typed ``Any``: the network dtypes (any dtype spelling; written as their
+names, ``"float32"``) and ``ppo.entropy_coef_per_head`` ((head, weight) pairs; written as an object head → weight,
+read back through the class's ``json_readers``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class ConfigError(ValueError):
 
 def _encode_any(value: Any) -> Any:
     """JSON form of an ``Any``-typed field: a numpy scalar type → its name; (head, weight) pairs → an object."""
-    if isinstance(value, type) and issubclass(value, np.generic):
+    if isinstance(value, (type, np.dtype)):  # np.float32, jnp.float32, np.dtype("float32")
         return np.dtype(value).name
     if isinstance(value, tuple) and value and all(isinstance(p, tuple) and len(p) == 2 for p in value):
         return {k: v for k, v in value}
@@ -150,6 +151,11 @@ def from_dict(cls: type, data: Any, path: str = "", base: Any = None) -> Any:
         if dataclasses.is_dataclass(tp) and not isinstance(value, tp):
             # a section merges over the base's section, else over the field's default instance
             kwargs[key] = from_dict(tp, value, sub, getattr(base, key) if base is not None else defaults.get(key))
+        elif tp is Any and key in getattr(cls, "json_readers", {}):
+            try:
+                kwargs[key] = cls.json_readers[key](value)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{sub}: {exc}") from None
         else:
             kwargs[key] = coerce(sub, tp, value)
     try:

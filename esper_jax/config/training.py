@@ -130,10 +130,10 @@ class TrainingConfig:
                 f"network.num_slots ({net.num_slots}) must equal the number of env.slots ({list(env.slots.slot_ids)})"
             )
         mask = roll.mask_config
-        if (mask.max_seeds, mask.topology) != (env.max_seeds, env.topology):
+        if (mask.max_seeds, mask.topology) != (env.max_seeds, env.resolved_topology):
             raise ConfigError(
                 f"rollout.mask_config (max_seeds {mask.max_seeds}, topology {mask.topology!r}) must offer what the "
-                f"env accepts: env.max_seeds {env.max_seeds}, env.topology {env.topology!r}"
+                f"env accepts: env.max_seeds {env.max_seeds}, env.topology {env.resolved_topology!r}"
             )
         if ppo.gamma != env.reward.gamma:
             raise ConfigError(f"ppo.gamma ({ppo.gamma}) must equal env.reward.gamma ({env.reward.gamma}) (PBRS)")

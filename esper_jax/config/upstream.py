@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from esper_jax.config.strict import ConfigError, coerce, from_dict
 from esper_jax.config.training import RunTelemetryConfig, TrainingConfig
+from esper_jax.slots import SlotConfig
 
 __all__ = ["FLAT_FIELDS", "INERT_FIELDS", "from_flat_dict", "is_flat", "load_dict"]
 
@@ -144,7 +145,10 @@ def from_flat_dict(data: Any) -> TrainingConfig:
                 node = node.setdefault(s, {})
             node[leaf] = value
     slots = flat.get("slots", ("r0c1",))
-    tree["env"]["slots"] = {"slot_ids": list(slots)}
+    try:  # upstream accepts its slots in any order; the tree holds them in network order
+        tree["env"]["slots"] = {"slot_ids": list(SlotConfig.of(slots).slot_ids)}
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"slots: {exc}") from None
     tree["network"]["num_slots"] = len(slots)
     env_kind = flat.get("env", "sim")
     task = flat.get("task") or ("digits" if env_kind == "host" else "cifar10")  # upstream: None → the CLI's task
@@ -152,7 +156,7 @@ def from_flat_dict(data: Any) -> TrainingConfig:
     tree["env"]["max_seeds"] = tree["rollout"]["mask_config"]["max_seeds"] = flat.get("max_seeds") or 0
     from esper_jax.env.config import TASKS
 
-    tree["env"]["topology"] = tree["rollout"]["mask_config"]["topology"] = TASKS[task].topology
+    tree["rollout"]["mask_config"]["topology"] = TASKS[task].topology  # env.topology None: the task's
     tree["env"]["gates"] = "permissive" if flat.get("permissive_gates", True) else "strict"
     anneal = flat.get("entropy_anneal_episodes", 0)
     if anneal < 0:

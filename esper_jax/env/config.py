@@ -309,11 +309,9 @@ class EnvConfig:
         if self.task not in TASKS:
             raise ValueError(f"EnvConfig.task must be one of {TASK_NAMES}, got {self.task!r}")
         task = TASKS[self.task]
-        if self.topology is None:
-            object.__setattr__(self, "topology", task.topology)
-        if self.topology not in TOPOLOGIES:
-            raise ValueError(f"EnvConfig.topology must be one of {TOPOLOGIES}, got {self.topology!r}")
-        if self.topology != task.topology:
+        if self.topology is not None and self.topology not in TOPOLOGIES:
+            raise ValueError(f"EnvConfig.topology must be None (the task's) or one of {TOPOLOGIES}, got {self.topology!r}")
+        if self.topology is not None and self.topology != task.topology:
             raise ValueError(
                 f"EnvConfig.topology {self.topology!r} does not match task {self.task!r} (topology {task.topology!r})"
             )
@@ -350,6 +348,11 @@ class EnvConfig:
     # ---- derived, static -----------------------------------------------------------------------------------
 
     @property
+    def resolved_topology(self) -> str:
+        """``topology``, or the task's when it is None (the field stays as given)."""
+        return TASKS[self.task].topology if self.topology is None else self.topology
+
+    @property
     def num_slots(self) -> int:
         return self.slots.num_slots
 
@@ -376,7 +379,7 @@ class EnvConfig:
 
     @property
     def topology_blueprints(self) -> tuple[BlueprintAction, ...]:
-        return TRANSFORMER_BLUEPRINTS if self.topology == "transformer" else CNN_BLUEPRINTS
+        return TRANSFORMER_BLUEPRINTS if self.resolved_topology == "transformer" else CNN_BLUEPRINTS
 
     def param_table(self) -> np.ndarray:
         return blueprint_param_table(self.task_spec, self.slot_columns)
