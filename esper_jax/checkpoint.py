@@ -230,12 +230,21 @@ def _slots_frozen(slots: Any) -> Any:
     return None if mode is None else np.asarray(slots["pending_prune"]) | (np.asarray(mode) == AlphaMode.DOWN)
 
 
+def _tracker_reference_accuracy(tracker: Any) -> Any:
+    # Added: the seedless reference accuracy (docs/compat.md, quirk 15). An older checkpoint has none: the env's own
+    # accuracy stands in until the next measurement replaces it, so the first step after such a resume pays the fixed
+    # reward as if the seeds had gained nothing. (A host-env checkpoint of that age has no seedless twin either and
+    # is refused.)
+    return tracker.get("val_accuracy") if isinstance(tracker, dict) else None
+
+
 # Fields of the saved state added or renamed since checkpoint format 1 was first written: the trailing key path
 # → (what it is, how to derive it from the parent's stored tree). Such a checkpoint resumes; the env it continues
 # in is today's (so a run resumed across such a change continues under the new env rules).
 STATE_MIGRATIONS: dict[tuple[str, ...], tuple[str, Any]] = {
     ("feedback", "seeds_created"): ("feedback.total_seeds renamed seeds_created", _feedback_seeds_created),
     ("slots", "frozen"): ("slots.frozen added", _slots_frozen),
+    ("tracker", "reference_accuracy"): ("tracker.reference_accuracy added", _tracker_reference_accuracy),
 }
 
 
