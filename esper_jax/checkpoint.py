@@ -115,11 +115,12 @@ class Checkpointer:
         stored tree as written and rebuild the expected structure from it. Anything else that does not match is
         refused with the original error."""
         ocp = _ocp()
-        where = self.directory / str(step)
+        refusal = CorruptCheckpointError(
+            f"checkpoint {self.directory / str(step)} is corrupt or does not match this run: {_short(original)}")
         try:
             raw = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
         except Exception:  # noqa: BLE001
-            raise CorruptCheckpointError(f"checkpoint {where} is corrupt or does not match this run: {_short(original)}") from None
+            raise refusal from None
         paths, treedef = jax.tree_util.tree_flatten_with_path(abstract)
         leaves, migrated = [], set()
         for path, want in paths:
@@ -133,10 +134,10 @@ class Checkpointer:
                             migrated.add(label)
                         break
             if value is None:
-                raise CorruptCheckpointError(f"checkpoint {where} is corrupt or does not match this run: {_short(original)}")
+                raise refusal
             leaves.append(np.asarray(value, dtype=want.dtype))
         if not migrated:
-            raise CorruptCheckpointError(f"checkpoint {where} is corrupt or does not match this run: {_short(original)}")
+            raise refusal
         return jax.tree.unflatten(treedef, leaves)
 
     def restore_newest_intact(self, abstract_state: Any, config_dict: dict[str, Any]) -> tuple[Any, dict, list[str]]:

@@ -13,8 +13,6 @@ import sys
 import threading
 from types import FrameType
 
-from typing_extensions import Self
-
 __all__ = ["EXIT_CODE", "StopRequest"]
 
 EXIT_CODE = 130  # 128 + SIGINT, what shells report for a Ctrl-C'd program
@@ -35,7 +33,7 @@ class StopRequest:
         print("\ninterrupt: finishing the current interval, then saving a checkpoint (Ctrl-C again to stop now)",
               file=sys.stderr, flush=True)
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
             self._installed = True

@@ -11,14 +11,14 @@ import os
 import shutil
 from pathlib import Path
 
+from esper_jax.checkpoint import CORRUPT_DIR
 from esper_jax.config import ConfigError
 
 __all__ = ["RUN_ARTEFACTS", "RunDirError", "prepare_new_run_dir"]
 
 # Everything the trainer writes into a run directory.
 RUN_ARTEFACTS: frozenset[str] = frozenset({"config.json", "metrics.jsonl", "eval.json", "learning_curves.png",
-                                           "learning_curves.tmp.png", "tb", "checkpoints",
-                                           "corrupt_checkpoints"})
+                                           "learning_curves.tmp.png", "tb", "checkpoints", CORRUPT_DIR})
 
 
 class RunDirError(ConfigError):

@@ -280,58 +280,56 @@ def train(
     finished = counters["interval"] >= cfg.num_intervals
     interrupted = False
     saved_interval = counters["interval"] if resume else None
-    stop = StopRequest()
-    try:
-        stop.__enter__()
-        while counters["interval"] < cfg.num_intervals:
-            if max_intervals is not None and ran >= max_intervals:
-                break
-            if stop.requested:
-                interrupted = True
-                break
-            interval = counters["interval"]
-            n_it = cfg.interval_iterations(interval)
-            fn = _interval_fn(static, n_it, layout)
-            t0 = time.perf_counter()
-            train_state, runner, key, outs = fn(state.train, state.runner, state.key)
-            jax.block_until_ready(train_state.params)
-            elapsed = time.perf_counter() - t0
-            counters["interval"] = interval + 1
-            counters["iteration"] += n_it
-            counters["env_steps"] += n_it * steps_per_iteration
-            counters["episodes"] += int(np.asarray(outs["rollout"].episodes_completed).sum())
-            state = TrainerState(train=train_state, runner=runner, key=key, counters=Counters.of(**counters))
-            rec = _interval_record(interval, counters, outs)
-            sps = n_it * steps_per_iteration / max(elapsed, 1e-9)
-            log.append(rec, timing={"interval_seconds": elapsed, "env_steps_per_second": sps})
-            try:  # the record above shows the bad interval; its state is never checkpointed
-                nonfinite.check_interval(outs, param_paths, interval=interval, first_iteration=counters["iteration"] - n_it,
-                                         every_leaf=debug_nans)
-            except nonfinite.NonFiniteError as exc:
-                last = ("no checkpoint was written yet" if saved_interval is None else
-                        f"the last good checkpoint is {run_dir / 'checkpoints' / str(saved_interval)} "
-                        f"(after {saved_interval} interval(s))")
-                raise nonfinite.NonFiniteError(f"{exc}. Stopped without checkpointing it; {last}.") from None
-            ran += 1
-            if progress is not None:
-                ret = rec["mean_episode_return"]
-                progress.update(task, completed=counters["env_steps"], it=counters["iteration"], sps=sps,
-                                ret="-" if ret is None else f"{ret:+.3f}")
-            done = counters["interval"] >= cfg.num_intervals
-            if done or stop.requested or counters["interval"] % cfg.checkpoints.every == 0 or (
-                    max_intervals is not None and ran >= max_intervals):
+    with StopRequest() as stop:  # Ctrl-C: finish the interval, checkpoint it (esper_jax/interrupt.py)
+        try:
+            while counters["interval"] < cfg.num_intervals:
+                if max_intervals is not None and ran >= max_intervals:
+                    break
+                if stop.requested:
+                    interrupted = True
+                    break
+                interval = counters["interval"]
+                n_it = cfg.interval_iterations(interval)
+                fn = _interval_fn(static, n_it, layout)
+                t0 = time.perf_counter()
+                train_state, runner, key, outs = fn(state.train, state.runner, state.key)
+                jax.block_until_ready(train_state.params)
+                elapsed = time.perf_counter() - t0
+                counters["interval"] = interval + 1
+                counters["iteration"] += n_it
+                counters["env_steps"] += n_it * steps_per_iteration
+                counters["episodes"] += int(np.asarray(outs["rollout"].episodes_completed).sum())
+                state = TrainerState(train=train_state, runner=runner, key=key, counters=Counters.of(**counters))
+                rec = _interval_record(interval, counters, outs)
+                sps = n_it * steps_per_iteration / max(elapsed, 1e-9)
+                log.append(rec, timing={"interval_seconds": elapsed, "env_steps_per_second": sps})
+                try:  # the record above shows the bad interval; its state is never checkpointed
+                    nonfinite.check_interval(outs, param_paths, interval=interval,
+                                             first_iteration=counters["iteration"] - n_it, every_leaf=debug_nans)
+                except nonfinite.NonFiniteError as exc:
+                    last = ("no checkpoint was written yet" if saved_interval is None else
+                            f"the last good checkpoint is {run_dir / 'checkpoints' / str(saved_interval)} "
+                            f"(after {saved_interval} interval(s))")
+                    raise nonfinite.NonFiniteError(f"{exc}. Stopped without checkpointing it; {last}.") from None
+                ran += 1
+                if progress is not None:
+                    ret = rec["mean_episode_return"]
+                    progress.update(task, completed=counters["env_steps"], it=counters["iteration"], sps=sps,
+                                    ret="-" if ret is None else f"{ret:+.3f}")
+                done = counters["interval"] >= cfg.num_intervals
+                if done or stop.requested or counters["interval"] % cfg.checkpoints.every == 0 or (
+                        max_intervals is not None and ran >= max_intervals):
+                    save(counters["interval"])
+                    saved_interval = counters["interval"]
+                finished = done
+        except KeyboardInterrupt:  # a second Ctrl-C, mid-interval: keep the last completed interval
+            interrupted = True
+            if saved_interval != counters["interval"]:
                 save(counters["interval"])
-                saved_interval = counters["interval"]
-            finished = done
-    except KeyboardInterrupt:  # a second Ctrl-C, mid-interval: keep the last completed interval
-        interrupted = True
-        if saved_interval != counters["interval"]:
-            save(counters["interval"])
-    finally:
-        stop.__exit__(None, None, None)
-        if progress is not None:
-            progress.stop()
-        ckpt.close()
+        finally:
+            if progress is not None:
+                progress.stop()
+            ckpt.close()
 
     evaluation = None
     if interrupted:
