@@ -5,8 +5,9 @@ everything that needs real training (docs/environment.md#oracles).
 ``step(state, actions: PerHead[int32 scalar], key) -> StepOutput`` for ONE env (``esper_jax.env.interface.Environment``);
 vmap over envs, scan over time. Available names: ``"sim"`` (the simulator oracle) and ``"host"`` (real host
 CNNs trained with their seeds on device: ``make("host")`` trains on scikit-learn's digits with the ``digits``
-task; any other CNN task takes ``dataset=esper_jax.env.host.from_arrays(...)``). Both share the exact lifecycle,
-signals and reward; only the oracle differs. The transformer-topology host is not implemented.
+task; any other CNN task takes ``dataset=esper_jax.env.host.from_arrays(...)``; transformer tasks, ``tinystories``
+and ``tinystories_small``, train a language-model host on the tokens ``config.lm`` names, the embedded corpus by
+default). Both share the exact lifecycle, signals and reward; only the oracle differs.
 
 Modules: ``interface`` (``Environment`` protocol, ``StepOutput``), ``config`` (EnvConfig), ``alpha`` (controller and curves), ``slots`` (per-slot seed state), ``lifecycle``
 (gates, ops, tick), ``signals`` (measurements → state, feedback, Observation), ``reward`` (SHAPED components,
@@ -68,7 +69,8 @@ def make(name: str, config: EnvConfig | None = None, dataset=None) -> EsperEnv:
 
     ``"host"`` without a config uses ``EnvConfig(task="digits")``; with the ``digits`` task and no ``dataset`` it
     loads scikit-learn's digits. Other CNN tasks need ``dataset`` (an ``esper_jax.env.host.Dataset``, e.g. from
-    ``from_arrays``). Raises ValueError for unknown names and for data the task cannot take.
+    ``from_arrays``). Transformer tasks read their tokens from ``config.lm`` unless ``dataset`` is a
+    ``host.tokens.TokenData``. Raises ValueError for unknown names and for data the task cannot take.
     """
     if name not in ENV_NAMES:
         raise ValueError(f"unknown environment {name!r}; available: {ENV_NAMES}")
@@ -82,6 +84,11 @@ def make(name: str, config: EnvConfig | None = None, dataset=None) -> EsperEnv:
         return EsperEnv.simulator(config)
     from esper_jax.env import host
 
+    if config.resolved_topology == "transformer":  # issue 19: the transformer host (tokens from config.lm)
+        from esper_jax.env.host import lm_oracle, tokens
+
+        dataset = tokens.for_config(config) if dataset is None else dataset
+        return EsperEnv(config=config, oracle=lm_oracle.LMOracle.from_config(config, dataset))
     if dataset is None:
         if config.task != HOST_DEFAULT_TASK:
             raise ValueError(
