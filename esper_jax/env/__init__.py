@@ -28,7 +28,7 @@ Quirks of upstream (docs/compat.md#environment-side) and how ``EnvConfig.compat`
 | 7 | gate never trained / MULTIPLY zero-init / SE not identity | ``host``: the GATE network stays at its random init; MULTIPLY zero-inits each seed's last layer, SE's bias too (gate σ(0) = 0.5, not identity); SE born as x·σ(3) = x·0.953 | ``host``: the gate trains in its seed's optimizer group (clipped with it); MULTIPLY zero-init kept; SE gate is 2σ(·) with bias 0, identity at birth under every style (same parameter count). ``sim``: not applicable |
 | 8 | interaction from leave-one-out baselines; none for 2 seeds | I_ij = f({i,j}) − f(A∖i) − f(A∖j) + f(∅), 3–4 active seeds | I_ij = f({i,j}) − f({i}) − f({j}) + f(∅), 2–4 active seeds (K grows by S rows) |
 | 9 | default PPO slot set is r0c1 only | not reproduced in either mode: EnvConfig defaults to r0c0..r0c2 | same |
-| 10 | LM fused-validation reshape; LOSS-family sign | not applicable (SHAPED only; the simulator has no LM pass) | — |
+| 10 | LM fused-validation reshape; LOSS-family sign | upstream cannot run an LM host in its PPO loop; the transformer host env scores per-token correctness [K, V, T] (SHAPED only) | same |
 | 11 | WAIT never reports success | last_action_success False after WAIT | True |
 | 13 | blend-out freeze read before the alpha tick | a seed stays frozen one epoch after its ramp-down ends | frozen only while alpha is still going down |
 | 14 | host gradient through a blended slot | ``host``: ADD/GATE y = h + a·(s − h) with a detached seed input: ∂y/∂h = 1 − a, no gradient to the blocks before a slot at a = 1 or after fossilisation | ``host``: y = h + a·(s − stop_gradient(h)), same value, ∂y/∂h = 1. ``sim``: not applicable |

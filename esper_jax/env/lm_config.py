@@ -62,11 +62,14 @@ class LMConfig:
     """Validation windows of block_size + 1 tokens, scored by every fused-validation row each step."""
     val_fraction: float = 0.1
     """Share of a single file's tokens held out (its tail) for validation."""
+    max_train_tokens: int = 0
+    """Keep only the first this many train tokens (0 = all). They are a constant of the compiled step, resident on
+    the device: cap a large file (TinyStories' train.bin is about 470 M tokens) to what fits."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.data_path, str):
             raise TypeError(f"LMConfig.data_path must be a str ('' = the embedded corpus), got {self.data_path!r}")
-        for name, minimum in (("vocab_size", 2), ("val_sequences", 1)):
+        for name, minimum in (("vocab_size", 2), ("val_sequences", 1), ("max_train_tokens", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
                 raise ValueError(f"LMConfig.{name} must be an integer >= {minimum}, got {value!r}")

@@ -135,13 +135,16 @@ def _read_tokens(path: Path) -> np.ndarray:
     if path.suffix == ".npy":
         return np.load(path, allow_pickle=False)
     if path.suffix == ".bin":
-        return np.fromfile(path, dtype=np.uint16)
+        return np.memmap(path, dtype=np.uint16, mode="r")  # read lazily: a large file is usually capped
     return np.frombuffer(path.read_bytes(), np.uint8)
 
 
-def load(path: str, vocab_size: int, block_size: int, val_sequences: int, val_fraction: float) -> TokenData:
+def load(
+    path: str, vocab_size: int, block_size: int, val_sequences: int, val_fraction: float, max_train_tokens: int = 0
+) -> TokenData:
     """Tokens from ``path`` (env.lm.data_path): a directory with nanoGPT's ``train.bin`` / ``val.bin``, a ``.npy``
-    or ``.bin`` token array, or any other file read as UTF-8/bytes text (byte tokens)."""
+    or ``.bin`` token array, or any other file read as UTF-8/bytes text (byte tokens). ``max_train_tokens`` > 0
+    keeps the first that many train tokens."""
     p = Path(path).expanduser()
     if not p.exists():
         raise FileNotFoundError(f"env.lm.data_path {path!r} does not exist")
@@ -167,6 +170,9 @@ def load(path: str, vocab_size: int, block_size: int, val_sequences: int, val_fr
                 f"{n_val} validation tokens (env.lm.val_sequences × (block_size + 1) or env.lm.val_fraction)"
             )
         train, val = tokens[:-n_val], tokens[-n_val:]
+    if max_train_tokens:
+        train = train[:max_train_tokens]
+    val = val[: val_sequences * (block_size + 1)]  # only the windows scored are kept
     return from_tokens(train, val, vocab_size, block_size, val_sequences, f"env.lm.data_path {path!r}")
 
 
@@ -180,4 +186,4 @@ def for_config(cfg: EnvConfig) -> TokenData:
     lm, block = cfg.lm, cfg.task_spec.block_size
     if not lm.data_path:
         return _embedded(block, lm.val_sequences, lm.vocab_size)
-    return load(lm.data_path, lm.vocab_size, block, lm.val_sequences, lm.val_fraction)
+    return load(lm.data_path, lm.vocab_size, block, lm.val_sequences, lm.val_fraction, lm.max_train_tokens)
