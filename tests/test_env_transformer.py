@@ -315,3 +315,20 @@ def test_random_masked_episode_on_the_transformer_env_keeps_the_env_invariants()
     records = jax.jit(functools.partial(_episode, env))(jax.random.PRNGKey(7))
     check_episode(records)
     assert int(np.asarray(records.stage_after).max()) >= SeedStage.TRAINING
+
+
+@pytest.mark.slow  # compiles a whole training interval on the transformer host: minutes on a 2-core CPU
+def test_the_small_preset_trains_an_interval_on_a_token_file_and_resumes(tmp_path):
+    from esper_jax.train import main
+
+    path = tmp_path / "tokens.bin"
+    (np.frombuffer(tokens.__doc__.encode() * 40, np.uint8).astype(np.uint16)).tofile(path)
+    common = ["--telemetry.no-progress-bar", "--telemetry.no-tensorboard", "--telemetry.no-plots"]
+    run = tmp_path / "run"
+    argv = ["tinystories-small", "--out", str(run), "--max-intervals", "1", "--episode-length", "4",
+            "--n-episodes", "8", "--env.lm.data-path", str(path), *common]
+    assert main(argv) == 0
+    first = [line for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+    assert len(first) == 1 and '"env_steps": 16' in first[0]
+    assert main(["--resume", str(run), *common]) == 0  # the LM host state checkpoints and restores
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
