@@ -309,7 +309,7 @@ def test_a_seedless_host_learns_the_embedded_corpus():
 
 @pytest.mark.slow
 def test_random_masked_episode_on_the_transformer_env_keeps_the_env_invariants():
-    from test_env_properties import LENGTH, _episode, check_episode
+    from tests.test_env_properties import LENGTH, _episode, check_episode
 
     env = make("host", EnvConfig(task="tinystories_small", episode_length=LENGTH, compat="fixed", max_seeds=4))
     records = jax.jit(functools.partial(_episode, env))(jax.random.PRNGKey(7))
