@@ -102,6 +102,7 @@ def test_presets_keep_upstream_hyperparameters():
     assert (small.ppo.entropy_coef, small.env_kind, small.env.task, small.env.episode_length) == (
         0.05, "host", "tinystories_small", 50)
     assert small.rollout.mask_config.topology == "transformer"
+    assert (t.env.lm.vocab_size, small.env.lm.vocab_size) == (256, None)  # byte tokens: the embedded corpus
     assert t.rollout.mask_config.topology == t.env.resolved_topology == "transformer"  # the masks offer the task's blueprints
     with pytest.raises(ConfigError, match="valid"):
         preset("nope")

@@ -47,13 +47,14 @@ def test_blueprint_param_counts_at_384_match_the_spec_table():
 
 def test_host_param_counts_match_upstream_and_the_built_host():
     assert transformer_host_params(384, 6, 256, 50_257) == TASKS["tinystories"].host_params == 30_044_544
-    big = make("host", EnvConfig(task="tinystories", lm=LMConfig(vocab_size=50_257)))  # built, never run
+    big = make("host", EnvConfig(task="tinystories"))  # built, never run
     shapes = jax.eval_shape(big.oracle.init, jax.random.PRNGKey(0))
     assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes.host)) == 30_044_544
     assert shapes.host.layers.qkv_kernel.shape == (6, 384, 1152) and shapes.host.pos_emb.shape == (256, 384)
     assert big.config.host_params == 30_044_544 and big.oracle.data.block_size == 256
-    # The embedded corpus is bytes: the default vocabulary is 256, and the host's count follows it.
-    assert make("host", EnvConfig(task="tinystories")).config.host_params == 30_044_544 - (50_257 - 256) * 384
+    # The vocabulary is the task's unless set (the simulator keeps upstream's host); the count follows it.
+    assert EnvConfig(task="tinystories").host_params == 30_044_544
+    assert make("host", EnvConfig(task="tinystories", lm=LMConfig(vocab_size=256))).config.host_params == 10_844_160
     small = make("host", SMALL).oracle
     leaves = jax.tree.leaves(small.init(jax.random.PRNGKey(0)).host)
     assert sum(x.size for x in leaves) == small.spec.param_count() == TASKS["tinystories_small"].host_params
@@ -221,7 +222,7 @@ def test_bad_token_files_are_refused_with_the_field_named(tmp_path):
     with pytest.raises(ValueError, match="differs from env.lm.vocab_size"):
         LMOracle.from_config(EnvConfig(task="tinystories_small", lm=LMConfig(vocab_size=300)), data)
     with pytest.raises(ValueError, match="block_size 256"):
-        LMOracle.from_config(EnvConfig(task="tinystories"), data)
+        LMOracle.from_config(EnvConfig(task="tinystories", lm=LMConfig(vocab_size=256)), data)
 
 
 # ---- the oracle: fused validation, vmap, learning ------------------------------------------------------------

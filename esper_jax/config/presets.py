@@ -11,11 +11,13 @@ train`` runs upstream's whole budget on a 2-core CPU in a few minutes; the host 
 | ``default`` | ``TrainingConfig()`` | none (100 episodes = 25 iterations of 4 envs x 150 steps, LSTM 512) | sim | cifar10 |
 | ``cifar10`` | ``for_cifar10()`` | entropy_coef 0.1 (inert upstream: plateau_threshold 0.4) | host | digits |
 | ``cifar10-deep`` | ``for_cifar10_deep()`` | entropy_coef 0.08 (inert: plateau_threshold 0.35) | sim | cifar10_deep |
-| ``tinystories`` | ``for_tinystories()`` | entropy_coef 0.05, entropy_anneal_episodes 10 → ppo.entropy_anneal_steps 3 (inert: plateau_threshold 0.3, improvement_threshold 1.5, sparse_reward_scale 0.5) | host | tinystories |
+| ``tinystories`` | ``for_tinystories()`` | entropy_coef 0.05, entropy_anneal_episodes 10 → ppo.entropy_anneal_steps 3 (inert: plateau_threshold 0.3, improvement_threshold 1.5, sparse_reward_scale 0.5); env.lm.vocab_size 256 (the embedded byte corpus; 50257 for GPT-2 token files) | host | tinystories |
 | ``tinystories-small`` | ``for_tinystories()`` | as ``tinystories``, on the small transformer (D 64, 3 layers, 32-token windows); a CPU budget: 16 episodes of 50 steps, 1 iteration per interval, 4 evaluation episodes | host | tinystories_small |
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from esper_jax.config.strict import ConfigError
 from esper_jax.config.training import TrainingConfig
@@ -41,6 +43,10 @@ _UPSTREAM: dict[str, tuple[str, dict]] = {
 }
 
 PRESETS: dict[str, TrainingConfig] = {name: from_flat_dict(flat) for name, (_, flat) in _UPSTREAM.items()}
+# Issue 19: upstream's tinystories host embeds GPT-2's 50257 tokens; the preset's data, the embedded corpus, is bytes.
+_ts_env = PRESETS["tinystories"].env
+PRESETS["tinystories"] = dataclasses.replace(
+    PRESETS["tinystories"], env=dataclasses.replace(_ts_env, lm=dataclasses.replace(_ts_env.lm, vocab_size=256)))
 PRESET_DESCRIPTIONS: dict[str, str] = {name: text for name, (text, _) in _UPSTREAM.items()}
 PRESET_NAMES: tuple[str, ...] = tuple(PRESETS)
 

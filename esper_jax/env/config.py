@@ -380,7 +380,7 @@ class EnvConfig:
         task = self.task_spec
         if task.topology == "transformer":  # the vocabulary is the data's (EnvConfig.lm), not the task's
             return float(transformer_host_params(task.slot_channels[0], task.n_layer, task.block_size,
-                                                 self.lm.vocab_size))
+                                                 self.lm.vocab(task.num_classes)))
         return float(task.host_params)
 
     @property

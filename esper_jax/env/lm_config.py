@@ -2,7 +2,9 @@
 
 ``LMConfig`` is ``EnvConfig.lm``: where the tokens come from and how large the vocabulary is. The host's widths are
 the task's (``TaskSpec``: ``slot_channels`` = the model width D, ``n_layer``, ``n_head``, ``block_size``); the
-vocabulary is data, so it lives here and the host's parameter count follows from both.
+vocabulary defaults to the task's (``num_classes``: GPT-2's 50,257 on ``tinystories``, so the simulator keeps
+upstream's 30,044,544-parameter host, and 256 on ``tinystories_small``) and follows the data where it is set (the
+``tinystories`` preset sets 256 for the embedded byte corpus); the host's parameter count follows from both.
 
 Parameter counts are upstream's modules counted exactly (torch ``nn.Linear`` with bias unless noted):
 
@@ -56,8 +58,9 @@ class LMConfig:
     """"" = the embedded corpus (procedural stories, byte tokens); else a text file (byte tokens), a token array
     ``.npy`` (1-D integers) or ``.bin`` (uint16, nanoGPT's format), or a directory holding nanoGPT's ``train.bin``
     and ``val.bin``."""
-    vocab_size: int = BYTE_VOCAB
-    """Tokens the host embeds; every token of the data must be below it (50257 for GPT-2 tokens)."""
+    vocab_size: int | None = None
+    """Tokens the host embeds (None: the task's, 50257 on tinystories, 256 on tinystories_small); every token of
+    the data must be below it (256 for bytes, 50257 for GPT-2 tokens)."""
     val_sequences: int = 16
     """Validation windows of block_size + 1 tokens, scored by every fused-validation row each step."""
     val_fraction: float = 0.1
@@ -71,7 +74,13 @@ class LMConfig:
             raise TypeError(f"LMConfig.data_path must be a str ('' = the embedded corpus), got {self.data_path!r}")
         for name, minimum in (("vocab_size", 2), ("val_sequences", 1), ("max_train_tokens", 0)):
             value = getattr(self, name)
+            if name == "vocab_size" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
                 raise ValueError(f"LMConfig.{name} must be an integer >= {minimum}, got {value!r}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"LMConfig.val_fraction must be in (0, 1), got {self.val_fraction!r}")
+
+    def vocab(self, task_vocab: int) -> int:
+        """``vocab_size``, or the task's vocabulary ``task_vocab`` when it is None."""
+        return task_vocab if self.vocab_size is None else int(self.vocab_size)

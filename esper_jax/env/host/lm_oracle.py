@@ -112,14 +112,15 @@ class LMOracle:
             raise ValueError(f"LMOracle builds transformer hosts; task {cfg.task!r} has topology {task.topology!r}")
         if not isinstance(data, TokenData):
             raise TypeError(f"dataset must be an esper_jax.env.host.tokens.TokenData, got {type(data).__name__}")
-        if data.vocab_size != cfg.lm.vocab_size:
-            raise ValueError(f"the tokens' vocabulary {data.vocab_size} differs from env.lm.vocab_size {cfg.lm.vocab_size}")
+        vocab = cfg.lm.vocab(task.num_classes)
+        if data.vocab_size != vocab:
+            raise ValueError(f"the tokens' vocabulary {data.vocab_size} differs from env.lm.vocab_size {vocab}")
         if data.block_size != task.block_size:
             raise ValueError(f"task {cfg.task!r} has block_size {task.block_size}, the validation windows {data.block_size}")
         if data.num_train <= task.block_size + 1:
             raise ValueError(f"{data.num_train} train tokens cannot fill a window of {task.block_size + 1}")
         d = task.slot_channels[0]
-        spec = tf.TransformerSpec(cfg.lm.vocab_size, d, task.n_head, task.n_layer, task.block_size,
+        spec = tf.TransformerSpec(vocab, d, task.n_head, task.n_layer, task.block_size,
                                   len(task.slot_channels), cfg.host.norm_eps)
         return cls(
             spec=spec,

@@ -183,7 +183,7 @@ def _embedded(block_size: int, val_sequences: int, vocab_size: int) -> TokenData
 
 def for_config(cfg: EnvConfig) -> TokenData:
     """The tokens ``cfg.lm`` names, windows of the task's ``block_size`` (the embedded corpus is built once)."""
-    lm, block = cfg.lm, cfg.task_spec.block_size
+    lm, block, vocab = cfg.lm, cfg.task_spec.block_size, cfg.lm.vocab(cfg.task_spec.num_classes)
     if not lm.data_path:
-        return _embedded(block, lm.val_sequences, lm.vocab_size)
-    return load(lm.data_path, lm.vocab_size, block, lm.val_sequences, lm.val_fraction, lm.max_train_tokens)
+        return _embedded(block, lm.val_sequences, vocab)
+    return load(lm.data_path, vocab, block, lm.val_sequences, lm.val_fraction, lm.max_train_tokens)
