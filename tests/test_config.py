@@ -97,7 +97,12 @@ def test_presets_keep_upstream_hyperparameters():
     d = preset("cifar10-deep")
     assert (d.ppo.entropy_coef, d.env_kind, d.env.task) == (0.08, "sim", "cifar10_deep")
     t = preset("tinystories")
-    assert (t.ppo.entropy_coef, t.ppo.entropy_anneal_steps, t.env_kind, t.env.task) == (0.05, 3, "sim", "tinystories")
+    assert (t.ppo.entropy_coef, t.ppo.entropy_anneal_steps, t.env_kind, t.env.task) == (0.05, 3, "host", "tinystories")
+    small = preset("tinystories-small")  # issue 19: the same hyperparameters on a transformer host a CPU steps
+    assert (small.ppo.entropy_coef, small.env_kind, small.env.task, small.env.episode_length) == (
+        0.05, "host", "tinystories_small", 50)
+    assert small.rollout.mask_config.topology == "transformer"
+    assert (t.env.lm.vocab_size, small.env.lm.vocab_size) == (256, None)  # byte tokens: the embedded corpus
     assert t.rollout.mask_config.topology == t.env.resolved_topology == "transformer"  # the masks offer the task's blueprints
     with pytest.raises(ConfigError, match="valid"):
         preset("nope")

@@ -39,7 +39,8 @@ __all__ = [
     "TrainingConfig",
 ]
 
-HOST_TASKS = ("digits",)  # tasks whose data the host env carries (esper_jax.env.make("host"))
+HOST_TASKS = ("digits", "tinystories", "tinystories_small")  # tasks whose data the host env carries (make("host");
+# the transformer tasks read env.lm: the embedded corpus or a token file)
 
 # Settings a resumed run may change (dotted prefixes): the budget and what is only recorded, never traced.
 COMPATIBLE_OVERRIDES: tuple[str, ...] = ("n_episodes", "eval_episodes", "checkpoints", "telemetry")
@@ -98,7 +99,8 @@ class TrainingConfig:
     """Episodes in the whole run (one per env per iteration)."""
     n_envs: int = 4
     env_kind: Literal["sim", "host"] = "sim"
-    """sim: lifecycle simulator (cheap accuracy model); host: real CNN hosts trained with their seeds (task digits)."""
+    """sim: lifecycle simulator (cheap accuracy model); host: real hosts trained with their seeds (CNNs on task
+    digits, transformers on tinystories / tinystories_small)."""
     iterations_per_interval: int = 5
     """PPO iterations inside one compiled call (one metrics.jsonl line)."""
     eval_episodes: int = 16

@@ -21,7 +21,7 @@ from esper_jax.slots import SlotConfig
 
 __all__ = ["FLAT_FIELDS", "INERT_FIELDS", "from_flat_dict", "is_flat", "load_dict"]
 
-_TASK = Literal["cifar10", "cifar10_deep", "cifar10_blind", "tinystories", "digits"] | None
+_TASK = Literal["cifar10", "cifar10_deep", "cifar10_blind", "tinystories", "tinystories_small", "digits"] | None
 
 # Every key of the flat format with its type; values are checked before they are mapped.
 FLAT_FIELDS: dict[str, Any] = {

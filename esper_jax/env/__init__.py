@@ -5,8 +5,9 @@ everything that needs real training (docs/environment.md#oracles).
 ``step(state, actions: PerHead[int32 scalar], key) -> StepOutput`` for ONE env (``esper_jax.env.interface.Environment``);
 vmap over envs, scan over time. Available names: ``"sim"`` (the simulator oracle) and ``"host"`` (real host
 CNNs trained with their seeds on device: ``make("host")`` trains on scikit-learn's digits with the ``digits``
-task; any other CNN task takes ``dataset=esper_jax.env.host.from_arrays(...)``). Both share the exact lifecycle,
-signals and reward; only the oracle differs. The transformer-topology host is not implemented.
+task; any other CNN task takes ``dataset=esper_jax.env.host.from_arrays(...)``; transformer tasks, ``tinystories``
+and ``tinystories_small``, train a language-model host on the tokens ``config.lm`` names, the embedded corpus by
+default). Both share the exact lifecycle, signals and reward; only the oracle differs.
 
 Modules: ``interface`` (``Environment`` protocol, ``StepOutput``), ``config`` (EnvConfig), ``alpha`` (controller and curves), ``slots`` (per-slot seed state), ``lifecycle``
 (gates, ops, tick), ``signals`` (measurements → state, feedback, Observation), ``reward`` (SHAPED components,
@@ -27,7 +28,7 @@ Quirks of upstream (docs/compat.md#environment-side) and how ``EnvConfig.compat`
 | 7 | gate never trained / MULTIPLY zero-init / SE not identity | ``host``: the GATE network stays at its random init; MULTIPLY zero-inits each seed's last layer, SE's bias too (gate σ(0) = 0.5, not identity); SE born as x·σ(3) = x·0.953 | ``host``: the gate trains in its seed's optimizer group (clipped with it); MULTIPLY zero-init kept; SE gate is 2σ(·) with bias 0, identity at birth under every style (same parameter count). ``sim``: not applicable |
 | 8 | interaction from leave-one-out baselines; none for 2 seeds | I_ij = f({i,j}) − f(A∖i) − f(A∖j) + f(∅), 3–4 active seeds | I_ij = f({i,j}) − f({i}) − f({j}) + f(∅), 2–4 active seeds (K grows by S rows) |
 | 9 | default PPO slot set is r0c1 only | not reproduced in either mode: EnvConfig defaults to r0c0..r0c2 | same |
-| 10 | LM fused-validation reshape; LOSS-family sign | not applicable (SHAPED only; the simulator has no LM pass) | — |
+| 10 | LM fused-validation reshape; LOSS-family sign | upstream cannot run an LM host in its PPO loop; the transformer host env scores per-token correctness [K, V, T] (SHAPED only) | same |
 | 11 | WAIT never reports success | last_action_success False after WAIT | True |
 | 13 | blend-out freeze read before the alpha tick | a seed stays frozen one epoch after its ramp-down ends | frozen only while alpha is still going down |
 | 14 | host gradient through a blended slot | ``host``: ADD/GATE y = h + a·(s − h) with a detached seed input: ∂y/∂h = 1 − a, no gradient to the blocks before a slot at a = 1 or after fossilisation | ``host``: y = h + a·(s − stop_gradient(h)), same value, ∂y/∂h = 1. ``sim``: not applicable |
@@ -68,7 +69,8 @@ def make(name: str, config: EnvConfig | None = None, dataset=None) -> EsperEnv:
 
     ``"host"`` without a config uses ``EnvConfig(task="digits")``; with the ``digits`` task and no ``dataset`` it
     loads scikit-learn's digits. Other CNN tasks need ``dataset`` (an ``esper_jax.env.host.Dataset``, e.g. from
-    ``from_arrays``). Raises ValueError for unknown names and for data the task cannot take.
+    ``from_arrays``). Transformer tasks read their tokens from ``config.lm`` unless ``dataset`` is a
+    ``host.tokens.TokenData``. Raises ValueError for unknown names and for data the task cannot take.
     """
     if name not in ENV_NAMES:
         raise ValueError(f"unknown environment {name!r}; available: {ENV_NAMES}")
@@ -82,6 +84,11 @@ def make(name: str, config: EnvConfig | None = None, dataset=None) -> EsperEnv:
         return EsperEnv.simulator(config)
     from esper_jax.env import host
 
+    if config.resolved_topology == "transformer":  # issue 19: the transformer host (tokens from config.lm)
+        from esper_jax.env.host import lm_oracle, tokens
+
+        dataset = tokens.for_config(config) if dataset is None else dataset
+        return EsperEnv(config=config, oracle=lm_oracle.LMOracle.from_config(config, dataset))
     if dataset is None:
         if config.task != HOST_DEFAULT_TASK:
             raise ValueError(

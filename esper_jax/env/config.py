@@ -26,6 +26,7 @@ from esper_jax.contracts import (
     SlotConfig,
     check_compat,
 )
+from esper_jax.env.lm_config import LMConfig, transformer_blueprint_params, transformer_host_params
 
 # --------------------------------------------------------------------------------------------------------------
 # Tasks (docs/environment.md#interface, #oracles) and blueprint sizes (#blueprints)
@@ -48,28 +49,26 @@ class TaskSpec:
     pool_layers: int = 0
     kernel_size: int = 3
     input_channels: int = 3
+    # Transformer hosts (docs/environment.md#transformer-host): width D = slot_channels[0], one slot per segment.
+    n_layer: int = 0
+    n_head: int = 0
+    block_size: int = 0
 
 
 TASKS: dict[str, TaskSpec] = {
     "cifar10": TaskSpec("cifar10", "cnn", 6_418, (8, 16, 32), 512, 10, pool_layers=3),
     "cifar10_deep": TaskSpec("cifar10_deep", "cnn", 99_922, (8, 16, 32, 64, 128), 128, 10, pool_layers=5),
     "cifar10_blind": TaskSpec("cifar10_blind", "cnn", 2_986, (32, 64), 128, 10, pool_layers=0, kernel_size=1),
-    "tinystories": TaskSpec("tinystories", "transformer", 30_044_544, (384, 384, 384), 32, 50_257),
+    "tinystories": TaskSpec("tinystories", "transformer", 30_044_544, (384, 384, 384), 32, 50_257,
+                            n_layer=6, n_head=6, block_size=256),
+    # A transformer host a CPU can step (issue 19): D 64, one layer per segment, 32-token windows, byte vocabulary.
+    "tinystories_small": TaskSpec("tinystories_small", "transformer", 168_512, (64, 64, 64), 16, 256,
+                                  n_layer=3, n_head=4, block_size=32),
     # The host env's default (docs/environment.md#oracles): cifar10's CNNHost (8/16/32 channels, so every blueprint
     # keeps its size relative to the host) on scikit-learn's 8×8 grey digits, pooled after blocks 0 and 1 (8→4→2 px).
     "digits": TaskSpec("digits", "cnn", 6_274, (8, 16, 32), 16, 10, pool_layers=2, input_channels=1),
 }
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)
-
-_TRANSFORMER_PARAMS = {  # D = 384 (docs/environment.md#blueprints); the only transformer width upstream ships
-    BlueprintAction.NORM: 769,
-    BlueprintAction.LORA: 6_144,
-    BlueprintAction.LORA_LARGE: 24_576,
-    BlueprintAction.ATTENTION: 591_360,
-    BlueprintAction.FLEX_ATTENTION: 591_360,
-    BlueprintAction.MLP_SMALL: 590_976,
-    BlueprintAction.MLP: 1_181_568,
-}
 
 
 def cnn_blueprint_params(blueprint: BlueprintAction, channels: int) -> int:
@@ -103,7 +102,7 @@ def blueprint_param_table(task: TaskSpec, slot_columns: tuple[int, ...]) -> np.n
             if task.topology == "cnn":
                 table[s, bp] = cnn_blueprint_params(bp, task.slot_channels[col])
             else:
-                table[s, bp] = _TRANSFORMER_PARAMS.get(bp, 0)
+                table[s, bp] = transformer_blueprint_params(bp, task.slot_channels[col])
     return table
 
 
@@ -302,6 +301,7 @@ class EnvConfig:
     min_prune_age: int = MIN_PRUNE_AGE
     simulator: SimulatorConfig = SimulatorConfig()
     host: HostConfig = HostConfig()
+    lm: LMConfig = LMConfig()  # transformer tasks only: tokens and vocabulary
 
     def __post_init__(self) -> None:
         if not isinstance(self.slots, SlotConfig):
@@ -337,6 +337,8 @@ class EnvConfig:
             raise TypeError(f"EnvConfig.simulator must be a SimulatorConfig, got {type(self.simulator).__name__}")
         if not isinstance(self.host, HostConfig):
             raise TypeError(f"EnvConfig.host must be a HostConfig, got {type(self.host).__name__}")
+        if not isinstance(self.lm, LMConfig):
+            raise TypeError(f"EnvConfig.lm must be an LMConfig, got {type(self.lm).__name__}")
 
     @classmethod
     def create(cls, num_slots: int = 3, **kwargs) -> EnvConfig:
@@ -375,7 +377,11 @@ class EnvConfig:
 
     @property
     def host_params(self) -> float:
-        return float(self.task_spec.host_params)
+        task = self.task_spec
+        if task.topology == "transformer":  # the vocabulary is the data's (EnvConfig.lm), not the task's
+            return float(transformer_host_params(task.slot_channels[0], task.n_layer, task.block_size,
+                                                 self.lm.vocab(task.num_classes)))
+        return float(task.host_params)
 
     @property
     def topology_blueprints(self) -> tuple[BlueprintAction, ...]:

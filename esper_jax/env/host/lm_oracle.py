@@ -1,0 +1,392 @@
+"""``LMOracle``: the env's measurements from a real transformer host trained with its seeds on next-token prediction
+(docs/environment.md#transformer-host), one env at a time; vmap it with the env. The transformer counterpart of
+``oracle.HostOracle`` with the same step: seeds born/fossilised since the last call → ``minibatches_per_step`` SGD
+steps (``lax.scan``) → fused validation of the K alpha rows → the seedless twin's accuracy under ``fixed``.
+
+Per slot, by stage (docs/environment.md#blending, transformer row):
+
+* no module / GERMINATED: y = h, the seed gets no gradient;
+* TRAINING: the seed reads a detached h; y = h + (s − stop_gradient(s)) — the value is h, the host's gradient is
+  the host-only one, ∂L/∂s = ∂L/∂y;
+* BLENDING / HOLDING / FOSSILIZED: y = blend(h, s(h), alpha) with the seed reading h *undetached* (transformer
+  blending drops isolation), so the host also learns through the seed; where alpha is 0, y = h exactly.
+
+Optimisation, the GATE network (quirk 7) and the seedless twin (quirk 15) are the CNN host env's. Accuracy is
+next-token top-1 over every position of the validation windows, from per-token correctness [K, V, T]; the loss is
+the mean token cross-entropy (upstream cannot run this pass in its PPO loop, docs/environment.md#data: its fused
+validation reshapes correctness to [K, B]).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from esper_jax.contracts import AlphaAlgorithm, SeedStage
+from esper_jax.env import signals
+from esper_jax.env.config import EnvConfig, HostConfig
+from esper_jax.env.host import transformer as tf
+from esper_jax.env.host.tokens import TokenData
+from esper_jax.env.host.transformer_blueprints import (
+    BRANCH_OF_BLUEPRINT,
+    SequenceGateLayout,
+    TransformerSlotLayout,
+    blend,
+)
+from esper_jax.env.oracle import EXPLODING_NORM, VANISHING_NORM, ConfigLayout, Measurement, SlotView
+
+_BLENDED = jnp.asarray([SeedStage.BLENDING, SeedStage.HOLDING, SeedStage.FOSSILIZED], jnp.int32)
+_LEARNING = jnp.asarray([SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.HOLDING, SeedStage.FOSSILIZED], jnp.int32)
+
+
+def _in(stage: jnp.ndarray, stages: jnp.ndarray) -> jnp.ndarray:
+    return jnp.any(stage[..., None] == stages, axis=-1)
+
+
+@struct.dataclass
+class LMSlotParams:
+    seed: jnp.ndarray  # [U] the blueprint union
+    seed_momentum: jnp.ndarray  # [U]
+    gate: jnp.ndarray  # [G]
+    gate_momentum: jnp.ndarray  # [G]
+
+
+@struct.dataclass
+class LMHostState:
+    host: tf.TransformerParams
+    host_momentum: tf.TransformerParams
+    slots: tuple[LMSlotParams, ...]  # one per enabled slot, network order
+    seed_id: jnp.ndarray  # int32 [S]: the seed the slot's parameters belong to (-1: none yet)
+    stage: jnp.ndarray  # int32 [S]: the stage at the last measurement
+    gate_live: jnp.ndarray  # bool [S]
+    twin: tf.TransformerParams | None = None  # ``fixed`` only: the seedless twin (quirk 15)
+    twin_momentum: tf.TransformerParams | None = None
+
+
+@struct.dataclass
+class LMSlotControl:
+    branch: jnp.ndarray  # int32 [S]
+    blended: jnp.ndarray  # bool [S]
+    straight_through: jnp.ndarray  # bool [S]
+    alpha: jnp.ndarray  # float32 [S]
+    algorithm: jnp.ndarray  # int32 [S]
+
+
+def _global_norm(tree) -> jnp.ndarray:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
+def _clip(tree, max_norm: float):
+    factor = jnp.minimum(1.0, max_norm / (_global_norm(tree) + 1e-6))  # torch's clip_grad_norm_
+    return jax.tree.map(lambda g: g * factor, tree)
+
+
+def _token_loss(logits: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
+    """Cross-entropy per token: logits [.., T, V], targets int [.., T] → [.., T]."""
+    logp = jax.nn.log_softmax(logits)
+    return -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+
+
+@dataclasses.dataclass(frozen=True)
+class LMOracle:
+    """Real transformer hosts (hashable: part of the static env; the tokens hash by content)."""
+
+    spec: tf.TransformerSpec
+    layouts: tuple[TransformerSlotLayout, ...]
+    gates: tuple[SequenceGateLayout, ...]
+    slot_segments: tuple[int, ...]  # the segment each enabled slot follows
+    host: HostConfig
+    batch_size: int
+    compat: str
+    layout: ConfigLayout
+    data: TokenData
+
+    @classmethod
+    def from_config(cls, cfg: EnvConfig, data: TokenData) -> LMOracle:
+        task = cfg.task_spec
+        if task.topology != "transformer":
+            raise ValueError(f"LMOracle builds transformer hosts; task {cfg.task!r} has topology {task.topology!r}")
+        if not isinstance(data, TokenData):
+            raise TypeError(f"dataset must be an esper_jax.env.host.tokens.TokenData, got {type(data).__name__}")
+        vocab = cfg.lm.vocab(task.num_classes)
+        if data.vocab_size != vocab:
+            raise ValueError(f"the tokens' vocabulary {data.vocab_size} differs from env.lm.vocab_size {vocab}")
+        if data.block_size != task.block_size:
+            raise ValueError(f"task {cfg.task!r} has block_size {task.block_size}, the validation windows {data.block_size}")
+        if data.num_train <= task.block_size + 1:
+            raise ValueError(f"{data.num_train} train tokens cannot fill a window of {task.block_size + 1}")
+        d = task.slot_channels[0]
+        spec = tf.TransformerSpec(vocab, d, task.n_head, task.n_layer, task.block_size,
+                                  len(task.slot_channels), cfg.host.norm_eps)
+        return cls(
+            spec=spec,
+            layouts=tuple(TransformerSlotLayout(c, cfg.compat, cfg.host.norm_eps) for c in cfg.slot_channels),
+            gates=tuple(SequenceGateLayout(c) for c in cfg.slot_channels),
+            slot_segments=cfg.slot_columns,
+            host=cfg.host,
+            batch_size=cfg.host_batch_size,
+            compat=cfg.compat,
+            layout=signals.config_layout(cfg),
+            data=data,
+        )
+
+    @property
+    def num_slots(self) -> int:
+        return len(self.layouts)
+
+    @property
+    def has_twin(self) -> bool:
+        return self.compat != "upstream"
+
+    # ---- the network with its slots ------------------------------------------------------------------------
+
+    def _slot(self, i: int, slots: tuple[LMSlotParams, ...], ctrl: LMSlotControl, h: jnp.ndarray) -> jnp.ndarray:
+        # Isolated (detached) input in TRAINING only; blended stages read h itself.
+        x_s = jnp.where(ctrl.blended[i], h, jax.lax.stop_gradient(h))
+        s = self.layouts[i].apply(ctrl.branch[i], slots[i].seed, x_s)
+        gate = self.gates[i].apply(slots[i].gate, x_s)
+        blended = blend(ctrl.algorithm[i], h, s, x_s, ctrl.alpha[i], gate)
+        straight = h + (s - jax.lax.stop_gradient(s))
+        on = ctrl.blended[i] & (ctrl.alpha[i] > 0.0)
+        return jnp.where(on, blended, jnp.where(ctrl.straight_through[i], straight, h))
+
+    def forward(self, host: tf.TransformerParams, slots, ctrl: LMSlotControl, tokens: jnp.ndarray) -> jnp.ndarray:
+        """Logits [N, T, V] of the host with its slots."""
+        slot_of = {seg: i for i, seg in enumerate(self.slot_segments)}
+
+        def inject(seg: int, h: jnp.ndarray) -> jnp.ndarray:
+            return self._slot(slot_of[seg], slots, ctrl, h) if seg in slot_of else h
+
+        return tf.forward(self.spec, host, tokens, inject)
+
+    def host_only(self, host: tf.TransformerParams, tokens: jnp.ndarray) -> jnp.ndarray:
+        return tf.forward(self.spec, host, tokens, tf.no_injection)
+
+    def control(self, view: SlotView, alpha: jnp.ndarray | None = None) -> LMSlotControl:
+        return LMSlotControl(
+            branch=jnp.asarray(BRANCH_OF_BLUEPRINT)[jnp.clip(view.blueprint, 0, len(BRANCH_OF_BLUEPRINT) - 1)],
+            blended=view.has_module & _in(view.stage, _BLENDED),
+            straight_through=view.has_module & (view.stage == SeedStage.TRAINING),
+            alpha=view.alpha if alpha is None else alpha,
+            algorithm=view.algorithm,
+        )
+
+    # ---- Oracle protocol -----------------------------------------------------------------------------------
+
+    def init(self, key: jax.Array) -> LMHostState:
+        host = tf.init_host(self.spec, key)
+        zeros = jnp.zeros
+        slots = tuple(
+            LMSlotParams(zeros((lay.size,)), zeros((lay.size,)), zeros((g.size,)), zeros((g.size,)))
+            for lay, g in zip(self.layouts, self.gates)
+        )
+        s = self.num_slots
+        return LMHostState(
+            host=host,
+            host_momentum=jax.tree.map(jnp.zeros_like, host),
+            slots=slots,
+            seed_id=jnp.full((s,), -1, jnp.int32),
+            stage=jnp.full((s,), SeedStage.DORMANT, jnp.int32),
+            gate_live=jnp.zeros((s,), jnp.bool_),
+            twin=host if self.has_twin else None,
+            twin_momentum=jax.tree.map(jnp.zeros_like, host) if self.has_twin else None,
+        )
+
+    def _sync_seeds(self, state: LMHostState, view: SlotView, key: jax.Array) -> LMHostState:
+        """Fresh parameters for newly germinated seeds and newly built gates; fresh optimizers on fossilisation."""
+        branch = self.control(view).branch
+        born = view.has_module & (view.seed_id != state.seed_id)
+        fossilised = (view.stage == SeedStage.FOSSILIZED) & (state.stage != SeedStage.FOSSILIZED)
+        gate_live = view.has_module & (view.algorithm == AlphaAlgorithm.GATE) & _in(view.stage, _BLENDED)
+        gate_new = gate_live & (~state.gate_live | born)
+        multiply = view.algorithm == AlphaAlgorithm.MULTIPLY
+        keys = jax.random.split(key, 2 * self.num_slots)
+        slots = []
+        for i, (lay, gl, p) in enumerate(zip(self.layouts, self.gates, state.slots)):
+            reset = born[i] | fossilised[i]
+            slots.append(LMSlotParams(
+                seed=jnp.where(born[i], lay.init(keys[2 * i], branch[i], multiply[i]), p.seed),
+                seed_momentum=jnp.where(reset, 0.0, p.seed_momentum),
+                gate=jnp.where(gate_new[i], gl.init(keys[2 * i + 1]), p.gate),
+                gate_momentum=jnp.where(reset | gate_new[i], 0.0, p.gate_momentum),
+            ))
+        return state.replace(
+            slots=tuple(slots),
+            seed_id=jnp.where(view.has_module, view.seed_id, state.seed_id),
+            stage=view.stage,
+            gate_live=gate_live,
+        )
+
+    def _gradient_stats(self, host_grads, seed_grads, ctrl: LMSlotControl, sampled: jnp.ndarray):
+        """(norm, health, vanishing, exploding, ratio) [S] each, as the CNN host env computes them."""
+        host_norm = _global_norm(host_grads)
+        host_per = host_norm / np.sqrt(self.spec.param_count())
+        rows = []
+        for i, (lay, g) in enumerate(zip(self.layouts, seed_grads)):
+            branch, t = ctrl.branch[i], lay.max_tensors
+            per_tensor = jnp.sqrt(jax.ops.segment_sum(jnp.square(g), jnp.asarray(lay.segments)[branch], t + 1)[:t])
+            n_tensors = jnp.asarray([len(ts) for ts in lay.tensors])[branch]
+            real = jnp.arange(t) < n_tensors
+            f_vanish = jnp.sum(real & (per_tensor < VANISHING_NORM)) / n_tensors
+            f_explode = jnp.sum(real & (per_tensor > EXPLODING_NORM)) / n_tensors
+            total = jnp.sqrt(jnp.sum(jnp.square(g)))
+            ratio = (total / jnp.sqrt(jnp.asarray(lay.param_counts, jnp.float32)[branch])) / (host_per + 1e-8)
+            rows.append((total / n_tensors, jnp.clip(1.0 - 0.5 * f_vanish - 0.8 * f_explode, 0.0, 1.0),
+                         f_vanish > 0, f_explode > 0, jnp.where((total < 1e-8) | (host_norm < 1e-8), 0.0, ratio)))
+        norm, health, vanish, explode, ratio = (jnp.stack(c) for c in zip(*rows))
+        return (jnp.where(sampled, norm, 0.0), jnp.where(sampled, health, 1.0), sampled & vanish,
+                sampled & explode, jnp.where(sampled, ratio, 0.0))
+
+    def _windows(self, key: jax.Array, shape: tuple[int, ...]) -> jnp.ndarray:
+        """Random train windows int [*shape, block_size + 1]."""
+        span = self.spec.block_size + 1
+        starts = jax.random.randint(key, shape, 0, self.data.num_train - span + 1)
+        return jnp.asarray(self.data.train)[starts[..., None] + jnp.arange(span)]
+
+    def _train(self, state: LMHostState, view: SlotView, key: jax.Array):
+        hc = self.host
+        ctrl = self.control(view)
+        learning = view.has_module & _in(view.stage, _LEARNING) & ~view.frozen
+        gate_learning = learning & state.gate_live & jnp.asarray(self.compat != "upstream")
+        sampled = view.has_module & ((view.stage == SeedStage.TRAINING) | (view.stage == SeedStage.BLENDING))
+        sampled = sampled & ~view.frozen
+        m = hc.minibatches_per_step
+        windows = self._windows(key, (m, self.batch_size))
+
+        def loss_fn(trainable, w):
+            host, slots = trainable
+            return jnp.mean(_token_loss(self.forward(host, slots, ctrl, w[:, :-1]), w[:, 1:]))
+
+        def twin_loss(host, w):
+            return jnp.mean(_token_loss(self.host_only(host, w[:, :-1]), w[:, 1:]))
+
+        def host_sgd(params, momentum, g):
+            g = _clip(g, hc.max_grad_norm)
+            g = jax.tree.map(lambda g, p: g + hc.host_weight_decay * p, g, params)
+            buf = jax.tree.map(lambda b, g: hc.host_momentum * b + g, momentum, g)
+            return jax.tree.map(lambda p, b: p - hc.host_lr * b, params, buf), buf
+
+        def sgd(p, buf, g, on):
+            new_buf = hc.seed_momentum * buf + g
+            return jnp.where(on, p - hc.seed_lr * new_buf, p), jnp.where(on, new_buf, buf)
+
+        def body(carry, inputs):
+            st, stats = carry
+            index, w = inputs
+            host_g, slot_g = jax.grad(loss_fn)((st.host, st.slots), w)
+            fresh = self._gradient_stats(host_g, tuple(g.seed for g in slot_g), ctrl, sampled)
+            take = index % hc.gradient_stride == 0
+            stats = jax.tree.map(lambda new, old: jnp.where(take, new, old), fresh, stats)
+            host, host_m = host_sgd(st.host, st.host_momentum, host_g)
+            if self.has_twin:
+                twin, twin_m = host_sgd(st.twin, st.twin_momentum, jax.grad(twin_loss)(st.twin, w))
+                st = st.replace(twin=twin, twin_momentum=twin_m)
+            slots = []
+            for i, (p, g) in enumerate(zip(st.slots, slot_g)):
+                # The gate joins its seed's clipping group only where it trains (fixed mode, quirk 7).
+                seed_g, gate_g = _clip((g.seed, jnp.where(gate_learning[i], g.gate, 0.0)), hc.max_grad_norm)
+                seed, seed_m = sgd(p.seed, p.seed_momentum, seed_g, learning[i])
+                gate, gate_m = sgd(p.gate, p.gate_momentum, gate_g, gate_learning[i])
+                slots.append(LMSlotParams(seed=seed, seed_momentum=seed_m, gate=gate, gate_momentum=gate_m))
+            return (st.replace(host=host, host_momentum=host_m, slots=tuple(slots)), stats), None
+
+        z, f = jnp.zeros((self.num_slots,), jnp.float32), jnp.zeros((self.num_slots,), jnp.bool_)
+        (state, stats), _ = jax.lax.scan(body, (state, (z, z + 1.0, f, f, z)), (jnp.arange(m), windows))
+        return state, stats
+
+    # ---- fused validation ----------------------------------------------------------------------------------
+
+    def token_scores(self, host: tf.TransformerParams, hidden: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """Final hidden states [P, V, T, D] → (next-token top-1 correct bool [P, V, T], token loss [P, V, T]).
+        One variant's logits [V, T, vocab] at a time (``lax.map``): at GPT-2's vocabulary they dominate memory."""
+        targets = jnp.asarray(self.data.val_windows[:, 1:])
+
+        def one(h):
+            logits = tf.head(self.spec, host, h)
+            return jnp.argmax(logits, axis=-1) == targets, _token_loss(logits, targets)
+
+        return jax.lax.map(one, hidden)
+
+    def correctness(self, state: LMHostState, view: SlotView, configs: jnp.ndarray):
+        """Per-token correctness [K, V, T] and token loss [K, V, T] of the K alpha rows of ``configs`` (the env's
+        fused-validation layout). Rows agreeing on which of the slots before slot j are on feed slot j the same
+        hidden states, so the pass branches only where they differ (at most 2^j variants reach slot j) and every
+        seed runs once per variant, as in the CNN host env."""
+        keep = self.keep_matrix(configs.shape[0])
+        ctrl = self.control(view)
+        slot_of = {seg: i for i, seg in enumerate(self.slot_segments)}
+        patterns = [()]
+
+        def inject(seg: int, h: jnp.ndarray) -> jnp.ndarray:
+            nonlocal patterns
+            if seg not in slot_of:
+                return h
+            j = slot_of[seg]
+            s = jax.vmap(lambda x: self.layouts[j].apply(ctrl.branch[j], state.slots[j].seed, x))(h)
+            gate = jax.vmap(lambda x: self.gates[j].apply(state.slots[j].gate, x))(h)
+            new = sorted({tuple(int(v) for v in row[: j + 1]) for row in keep})
+            parent = np.asarray([patterns.index(p[:-1]) for p in new])
+            bit = np.asarray([p[-1] for p in new], bool)
+            rep = np.asarray([next(r for r, row in enumerate(keep) if tuple(row[: j + 1]) == p) for p in new])
+
+            def one(h_p, s_p, g_p, a, on):
+                y = blend(ctrl.algorithm[j], h_p, s_p, h_p, a, g_p)
+                return jnp.where(on & ctrl.blended[j] & (a > 0.0), y, h_p)
+
+            patterns = new
+            return jax.vmap(one)(h[parent], s[parent], gate[parent], configs[rep, j], jnp.asarray(bit))
+
+        hidden = tf.forward_many(self.spec, state.host, jnp.asarray(self.data.val_windows[:, :-1]), inject)
+        correct, loss = self.token_scores(state.host, hidden)
+        row_of = np.asarray([patterns.index(tuple(int(v) for v in row[: len(patterns[0])])) for row in keep])
+        return correct[row_of], loss[row_of]
+
+    def validate(self, state: LMHostState, view: SlotView, configs: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """(next-token accuracy % [K], mean token loss [K]) over the validation windows."""
+        correct, loss = self.correctness(state, view, configs)
+        return 100.0 * jnp.mean(correct.astype(jnp.float32), axis=(1, 2)), jnp.mean(loss, axis=(1, 2))
+
+    def validate_rows(self, state: LMHostState, view: SlotView, configs: jnp.ndarray):
+        """Reference for ``validate``: one full forward per alpha row (any rows, no layout assumed)."""
+        tokens = jnp.asarray(self.data.val_windows[:, :-1])
+        targets = jnp.asarray(self.data.val_windows[:, 1:])
+        base = self.control(view).replace(straight_through=jnp.zeros_like(view.has_module))
+        logits = jax.vmap(lambda a: self.forward(state.host, state.slots, base.replace(alpha=a), tokens))(configs)
+        targets = jnp.broadcast_to(targets, logits.shape[:-1])
+        correct = jnp.argmax(logits, axis=-1) == targets
+        return 100.0 * jnp.mean(correct.astype(jnp.float32), axis=(1, 2)), jnp.mean(_token_loss(logits, targets), (1, 2))
+
+    def keep_matrix(self, rows: int) -> np.ndarray:
+        """int [K, S] static keep-pattern of the fused-validation rows (the env's ``ConfigLayout``)."""
+        keep = self.layout.keep().astype(np.int32)
+        if keep.shape[0] != rows:
+            raise ValueError(f"LMOracle expects the env's {keep.shape[0]} fused-validation rows, got {rows}")
+        return keep
+
+    def measure(
+        self, state: LMHostState, view: SlotView, configs: jnp.ndarray, epoch: jnp.ndarray, key: jax.Array
+    ) -> tuple[LMHostState, Measurement]:
+        k_sync, k_train = jax.random.split(key)
+        state = self._sync_seeds(state, view, k_sync)
+        state, (norm, health, vanishing, exploding, ratio) = self._train(state, view, k_train)
+        acc, loss = self.validate(state, view, configs)
+        if self.has_twin:
+            tokens = jnp.asarray(self.data.val_windows[:, :-1])
+            twin_hidden = tf.forward_many(self.spec, state.twin, tokens, tf.no_injection)
+            reference = 100.0 * jnp.mean(self.token_scores(state.twin, twin_hidden)[0].astype(jnp.float32))
+        else:
+            reference = acc[0]
+        return state, Measurement(
+            val_accuracy=acc,
+            val_loss=loss,
+            gradient_norm=norm,
+            gradient_health=health,
+            has_vanishing=vanishing,
+            has_exploding=exploding,
+            gradient_ratio=ratio,
+            reference_accuracy=reference,
+        )
