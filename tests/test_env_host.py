@@ -409,7 +409,7 @@ def test_vmapped_envs_with_the_same_key_equal_a_single_env():
 @pytest.mark.slow
 def test_random_masked_episode_on_the_host_env_keeps_the_env_invariants():
     """The simulator's whole-episode property checks (random masked actions), run on real host networks."""
-    from test_env_properties import LENGTH, _episode, check_episode
+    from tests.test_env_properties import LENGTH, _episode, check_episode
 
     env = make("host", EnvConfig(task="digits", episode_length=LENGTH, compat="fixed", max_seeds=4))
     records = jax.jit(functools.partial(_episode, env))(jax.random.PRNGKey(7))
