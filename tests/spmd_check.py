@@ -11,6 +11,8 @@ one JSON object it prints last:
   after the first call are one update (on each layout's own rollout), after the third a short training run.
 * ``train``: ``esper_jax.train.train`` on the lifecycle simulator, same seed, ``--devices 1`` and ``--devices N``:
   metrics.jsonl records, final parameters and the runner state the rollouts left behind.
+* ``hlo``: ``ppo.update`` with several minibatches compiled for the N-device layout: the all-gathers in its HLO
+  (none may gather the batch onto every device).
 * ``errors``: the messages for an env count that does not split and for more devices than exist.
 * ``process``: one process of a multi-host run (``--coordinator``, ``--num-processes``, ``--process-id``; without
   them a single process on all its devices): trains TRAIN_CONFIG into ``OUT_DIR/multihost`` and reports its
@@ -25,6 +27,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -151,6 +154,47 @@ def check_update(devices: int) -> dict:
     }
 
 
+COLLECTIVE = re.compile(r"\b(all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)(-start)?\(")
+
+
+def _collectives(hlo: str) -> list[tuple[str, list[list[int]]]]:
+    """(op, result shapes) of every collective in a compiled module's text, async starts included; a tuple result
+    (``(f32[8,7]{1,0}, pred[8,7,5]{2,1,0}) all-reduce(``) lists each element's shape."""
+    found = []
+    for line in hlo.splitlines():
+        match = COLLECTIVE.search(line)
+        if match and "=" in line:
+            result = line.split("=", 1)[1][: match.start() - len(line.split("=", 1)[0]) - 1]
+            shapes = [[int(d) for d in dims.split(",") if d] for dims in re.findall(r"[a-z]+\d*\[([\d,]*)\]", result)]
+            found.append((match.group(1), shapes))
+    return found
+
+
+def check_hlo(devices: int) -> dict:
+    """Compile ``ppo.update`` (2 epochs × 2 minibatches, so the minibatch selection runs) for the N-device layout
+    and list the collectives that move batch data: any with a time axis (``num_steps``, a size no parameter has) or
+    the batch's or a minibatch's global env count as an axis. Only the gradients' and the scalars' all-reduces may
+    remain."""
+    from bench import fixtures
+
+    net = NetworkConfig(num_slots=2, feature_dim=HIDDEN, hidden_dim=HIDDEN)
+    config = ppo.PPOConfig(epochs=2, minibatches=2, target_kl=None)
+    num_envs, num_steps = 6 * devices, 7
+    state = ppo.create_train_state(jax.random.PRNGKey(0), config, net)
+    trajectory = jax.tree.map(np.asarray, fixtures.update_buffer(net, num_envs, num_steps).trajectory())
+    layout = distributed.make_layout(num_envs, devices)
+    update = jax.jit(functools.partial(ppo.update, config=config, network_config=net),
+                     in_shardings=(layout.replicated, layout.trajectory(), layout.replicated),
+                     out_shardings=layout.replicated)
+    hlo = update.lower(state, trajectory, jax.random.PRNGKey(3)).compile().as_text()
+    batch_sizes = {num_steps, num_envs, num_envs // config.minibatches, num_envs * num_steps}
+    collectives = _collectives(hlo)
+    moving_batch = [f"{op} {shapes}" for op, shapes in collectives
+                    if any(batch_sizes & set(shape) for shape in shapes)]
+    return {"num_envs": num_envs, "num_steps": num_steps, "collectives": len(collectives),
+            "all_gathers": sum(op == "all-gather" for op, _ in collectives), "batch_collectives": moving_batch}
+
+
 def check_interval(devices: int) -> dict:
     env = ReplayEnv()
     net = NetworkConfig(num_slots=env.num_slots, feature_dim=HIDDEN, hidden_dim=HIDDEN)
@@ -269,6 +313,8 @@ def main(argv: list[str]) -> None:
         started = time.perf_counter()
         if name == "update":
             report[name] = check_update(devices)
+        elif name == "hlo":
+            report[name] = check_hlo(devices)
         elif name == "interval":
             report[name] = check_interval(devices)
         elif name == "train":

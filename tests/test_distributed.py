@@ -7,7 +7,8 @@ process (an xdist worker) has JAX running already, so they run ``tests/spmd_chec
 each device's work (8× smaller batches pick other CPU matmul kernels) and the order of the float32 sums over the
 env axis (per-device partial sums, then the all-reduce), so results agree to float32 rounding, not bit for bit.
 
-Default run: the refusals and the trainer's compiled interval (rollout + update) with a small env, 3 iterations.
+Default run: the refusals, the collectives in the compiled multi-minibatch update's HLO, and the trainer's compiled
+interval (rollout + update) with a small env, 3 iterations.
 Behind ``-m slow``: ``ppo.update`` on one identical trajectory, and ``esper_jax.train.train`` on the lifecycle
 simulator (each two more compiles).
 """
@@ -50,7 +51,7 @@ def _spmd_check(out: Path, only: str) -> dict:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    return _spmd_check(tmp_path_factory.mktemp("spmd"), "errors,interval")
+    return _spmd_check(tmp_path_factory.mktemp("spmd"), "errors,hlo,interval")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -61,6 +62,18 @@ def report(tmp_path_factory):
 def test_first_update_of_the_compiled_interval_on_8_devices_matches_1_device(report):
     diff = report["interval"]["first_update_params"]
     assert diff["bound_excess"] <= 0, f"params after one update outside docs/parity.md's bound: {diff}"
+
+
+def test_multi_minibatch_update_on_8_devices_moves_no_batch_between_devices(report):
+    """Issue 20: with several minibatches each device picks its share of a minibatch from its own envs, the
+    observation normaliser sums over [T, E] in place and the LSTM kernel gradient contracts T and E in place, so
+    the compiled update's only collectives are all-reduces of gradients and scalars: none carries a time axis or a
+    global env count (before, the minibatch gather all-reduced every minibatch onto every device and the
+    normaliser and the kernel gradient all-gathered [T, E, ...])."""
+    hlo = report["hlo"]
+    assert hlo["collectives"] > 0, "the 8-device update must at least all-reduce its gradients"
+    assert hlo["batch_collectives"] == [], f"batch data moved between devices: {hlo['batch_collectives']}"
+    assert hlo["all_gathers"] == 0
 
 
 @pytest.mark.slow  # two more compiles of ppo.update (~40 s of CPU); the interval check covers one update by default
