@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from esper_jax import distributed, ppo, rollout, testing, train, trainer
+from esper_jax import distributed, ppo, rollout, telemetry, testing, train, trainer
 from esper_jax.config import CheckpointConfig, ConfigError, DistributedConfig, RunTelemetryConfig, TrainingConfig
 from esper_jax.contracts import LifecycleOp, SlotConfig
 from esper_jax.env import EnvConfig
@@ -235,7 +235,7 @@ def check_train(devices: int, out: Path) -> dict:
         started = time.perf_counter()
         result = train.train(TRAIN_CONFIG, out / f"devices{n}", evaluate=False,
                              distributed=DistributedConfig(devices=n))
-        runs[n] = {"records": result.records, "params": jax.tree.map(np.asarray, result.state.train.params),
+        runs[n] = {"records": [telemetry.deterministic(r) for r in result.records], "params": jax.tree.map(np.asarray, result.state.train.params),
                    "runner": jax.tree.map(np.asarray, result.state.runner), "seconds": time.perf_counter() - started,
                    "carry_sharding": str(result.state.runner.carry.h.sharding.spec),
                    "num_devices": len(result.state.runner.carry.h.sharding.device_set)}
@@ -289,7 +289,7 @@ def run_process(out: Path, coordinator: str, num_processes: int, process_id: int
     return {
         "process_index": jax.process_index(), "process_count": jax.process_count(),
         "global_devices": len(jax.devices()), "local_envs": sum(s.data.shape[0] for s in carry.addressable_shards),
-        "records": result.records,
+        "records": [telemetry.deterministic(r) for r in result.records],
         "params": jax.tree.map(lambda x: np.asarray(x).tolist(), result.state.train.params),
     }
 
