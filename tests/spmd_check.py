@@ -5,7 +5,7 @@ pytest worker that already imported JAX cannot do, so the test starts this scrip
 one JSON object it prints last:
 
 * ``update``: the same trajectory (the update benchmark's synthetic one) fed to ``ppo.update`` jitted with the
-  1-device and the N-device layout (2 epochs × 2 minibatches, so the minibatch permutation is exercised).
+  1-device and the N-device layout (2 epochs × 2 minibatches, so the minibatch selection is exercised).
 * ``interval``: the trainer's compiled interval (``trainer._interval_fn``: rollout + update, one iteration per call)
   run 3 times on each layout from the same state, with a small replay env that compiles in seconds: the params
   after the first call are one update (on each layout's own rollout), after the third a short training run.
