@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: train test venv clean
+.PHONY: train test bench-device venv clean
 
 # Marker files record which extras are installed, so a second `make` is a no-op and editing
 # pyproject.toml reinstalls.
@@ -29,6 +29,10 @@ train: $(VENV)/.core
 test: $(VENV)/.full
 	$(PY) -m ruff check .
 	$(PY) -m pytest -n 2 --dist loadfile
+
+# The accelerator-deciding benchmark rows (< 6 min on one H100/H200): bench/results/<device>-<date>/.
+bench-device: $(VENV)/.full
+	$(PY) -m bench --device-suite
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -3,7 +3,7 @@
 Prints one JSON line per measurement as it completes, then a markdown table; ``--out DIR`` also writes
 ``DIR/results.json`` and ``DIR/throughput.png``. ``--quick`` runs every benchmark at its smallest size (the test
 suite's smoke test). ``--only NAME[,NAME]`` selects benchmarks; ``python -m bench.NAME`` is the same as
-``--only NAME``.
+``--only NAME``. ``--device-suite`` runs the accelerator-deciding rows instead (``bench/device_suite.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,23 @@ def main(argv: Sequence[str] | None = None) -> list[common.Measurement]:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     common.add_arguments(parser)
     parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {BENCHMARKS}")
+    parser.add_argument("--device-suite", action="store_true",
+                        help="the accelerator-deciding rows (bench/device_suite.py; < 6 min on one H100/H200), "
+                        "written to bench/results/<device>-<date>/ unless --out")
+    parser.add_argument("--tiny", action="store_true", help="with --device-suite: the same rows at the smallest sizes")
     args = parser.parse_args(argv)
+    if args.tiny and not args.device_suite:
+        parser.error("--tiny only applies to --device-suite")
+    if args.device_suite:
+        from bench import device_suite
+
+        given = [flag for flag, value in (("--quick", args.quick), ("--max-envs", args.max_envs), ("--reps", args.reps),
+                                          ("--budget", args.budget), ("--cap", args.cap), ("--previous", args.previous))
+                 if value]
+        if given:
+            parser.error(f"--device-suite has fixed sizes and repetitions; drop {given} (use --tiny for small sizes)")
+        device_suite.main(tiny=args.tiny, out=args.out, torch_threads=args.torch_threads)
+        return []
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:

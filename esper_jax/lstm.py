@@ -140,7 +140,7 @@ def _recurrence(kernel_hh, bias_hh, input_gates, h0, c0, mm, unroll):
     [H, 4H] kernel gradient inside the reverse loop: T read-modify-writes of a 4 MB array (at batch 4 each is a
     rank-4 update, bandwidth-bound), and under SPMD one all-reduce per step. Here the reverse loop carries only
     (dh, dc) and emits dgates; the kernel gradient is then one [H, T·B] × [T·B, 4H] matmul, as torch's and
-    cuDNN's LSTM backward compute it. Same maths, different summation order (float32 rounding only).
+    cuDNN's LSTM backward compute it (contracting the leading axes in place). Same maths, different summation order (float32 rounding only).
     """
     return _recurrence_forward(kernel_hh, bias_hh, input_gates, h0, c0, mm, unroll)[0]
 
@@ -176,10 +176,12 @@ def _recurrence_bwd(mm, unroll, residuals, cotangents):
     (dh0, dc0), dgates = jax.lax.scan(
         step, (d_h_t, d_c_t), (d_ys, c_prev, c, i, f, g, o), reverse=True, unroll=unroll
     )
-    rows = h_prev.reshape(-1, h_prev.shape[-1])  # [T·B, H]
-    d_rows = dgates.reshape(-1, dgates.shape[-1])  # [T·B, 4H]
-    d_kernel = matmul(rows.T, d_rows, mm).astype(kernel_hh.dtype)
-    d_bias = jnp.sum(d_rows, axis=0).astype(bias_hh.dtype)
+    # Contract over the leading (T, batch...) axes in place, not after a reshape to [T·B, ...]: with the batch split
+    # over devices, flattening T·B would gather every device's rows; contracting leaves one all-reduce of [H, 4H].
+    lead = tuple(range(h_prev.ndim - 1))
+    d_kernel = jax.lax.dot_general(h_prev.astype(mm), dgates.astype(mm), ((lead, lead), ((), ())),
+                                   preferred_element_type=h_prev.dtype).astype(kernel_hh.dtype)
+    d_bias = jnp.sum(dgates, axis=lead).astype(bias_hh.dtype)
     return d_kernel, d_bias, dgates, dh0, dc0
 
 

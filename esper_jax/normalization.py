@@ -75,16 +75,21 @@ def update(stats: RunningMeanStd, x: jnp.ndarray, valid: jnp.ndarray | None = No
     An empty batch (no valid row) leaves the stats unchanged."""
     x = jnp.asarray(x, jnp.float32)
     feature_shape = stats.mean.shape
-    flat = x.reshape((-1,) + feature_shape)
+    # Sums over the leading axes, never a reshape to [N, D]: flattening [T, E, D] with E split over devices would
+    # gather every device's rows onto every device; summing leaves one all-reduce of [D] partial sums.
+    samples = tuple(range(x.ndim - len(feature_shape)))
     if valid is None:
-        weights = jnp.ones(flat.shape[:1], jnp.float32)
+        weights = jnp.ones(x.shape[: len(samples)], jnp.float32)
     else:
-        weights = jnp.asarray(valid, jnp.float32).reshape(-1)
+        weights = jnp.asarray(valid, jnp.float32)
+        if weights.shape != x.shape[: len(samples)]:
+            raise ValueError(f"normalization.update: valid must have the leading shape of x {x.shape[: len(samples)]}, "
+                             f"got {weights.shape}")
     n = jnp.sum(weights)
-    w = weights.reshape((-1,) + (1,) * len(feature_shape))
+    w = weights.reshape(weights.shape + (1,) * len(feature_shape))
     safe_n = jnp.maximum(n, 1.0)
-    batch_mean = jnp.sum(flat * w, axis=0) / safe_n
-    batch_var = jnp.sum(jnp.square(flat - batch_mean) * w, axis=0) / safe_n  # population variance, as torch var(unbiased=False)
+    batch_mean = jnp.sum(x * w, axis=samples) / safe_n
+    batch_var = jnp.sum(jnp.square(x - batch_mean) * w, axis=samples) / safe_n  # population variance, as torch var(unbiased=False)
 
     if stats.momentum is not None:
         m = stats.momentum

@@ -14,8 +14,10 @@ Algorithm (defaults reduce exactly to upstream's single full-batch step):
    ``Q(s', argmax op)``, a true terminal (done ∧ ¬truncated) does not. Returns = A + V (un-normalised A).
    Advantages are then normalised once over all valid steps (population std, +1e-8).
 3. ``config.epochs`` × ``config.minibatches`` steps inside ``lax.scan``; a minibatch is a set of whole env
-   sequences, each unrolled from its stored initial LSTM carry (full-sequence BPTT, no burn-in). The env order is
-   shuffled per epoch from the update key when ``minibatches > 1`` (one minibatch = all envs in order).
+   sequences, each unrolled from its stored initial LSTM carry (full-sequence BPTT, no burn-in). When
+   ``minibatches > 1`` each epoch deals the envs to the minibatches afresh from the update key, one env of every
+   group of ``minibatches`` neighbours to each (``minibatch_order``), so under SPMD each device picks its share of
+   a minibatch from its own envs; one minibatch = all envs in order.
 4. Before every step the causally weighted KL3 of that minibatch is checked: if it exceeds
    ``kl_stop_multiplier × target_kl`` the step is not applied and no later step of this update runs (upstream
    ``break``; with the default one step, an early stop means no parameter update at all). Implemented with
@@ -72,6 +74,7 @@ __all__ = [
     "compute_loss",
     "prepare_batch",
     "minibatch_order",
+    "select_minibatch",
     "make_optimizer",
     "create_train_state",
     "update",
@@ -285,21 +288,46 @@ def create_train_state(key: jax.Array, config: PPOConfig, network_config: Networ
 def minibatch_order(key: jax.Array, num_envs: int, config: PPOConfig) -> jax.Array:
     """Env indices of every step, ``int32 [epochs · minibatches, num_envs // minibatches]``.
 
-    One minibatch: every epoch takes all envs in order (upstream's full batch). Several: each epoch is a fresh
-    permutation of the envs from ``key``, cut into equal minibatches of whole sequences.
+    One minibatch: every epoch takes all envs in order (upstream's full batch). Several (M): the envs form groups
+    of M neighbours (0..M−1, M..2M−1, ...) and each epoch deals every group's M envs to the M minibatches in a
+    fresh random order drawn from ``key``, so minibatch m holds one env of every group, listed group by group. A
+    random partition into equal minibatches of whole sequences, stratified by env position: with the envs split
+    over devices in contiguous blocks of whole groups, every device keeps its share of every minibatch and picks it
+    locally (``select_minibatch``), and the order depends on the key alone, not on the device count.
     """
     if num_envs % config.minibatches:
         raise ValueError(
             f"PPOConfig.minibatches={config.minibatches} must divide the number of envs ({num_envs}): "
             "minibatches are made of whole env sequences"
         )
-    per = num_envs // config.minibatches
-    if config.minibatches == 1:
-        order = jnp.tile(jnp.arange(num_envs, dtype=jnp.int32), (config.epochs, 1))
-    else:
-        keys = jax.random.split(key, config.epochs)
-        order = jax.vmap(lambda k: jax.random.permutation(k, num_envs))(keys).astype(jnp.int32)
-    return order.reshape(config.epochs * config.minibatches, per)
+    m = config.minibatches
+    groups = num_envs // m
+    if m == 1:
+        return jnp.tile(jnp.arange(num_envs, dtype=jnp.int32), (config.epochs, 1))
+
+    def epoch(k: jax.Array) -> jax.Array:  # [M, groups]: row = minibatch, column = group
+        within = jax.vmap(lambda g: jax.random.permutation(g, m))(jax.random.split(k, groups))
+        return (within + m * jnp.arange(groups)[:, None]).T.astype(jnp.int32)
+
+    order = jax.vmap(epoch)(jax.random.split(key, config.epochs))
+    return order.reshape(config.epochs * m, groups)
+
+
+def select_minibatch(batch: Batch, indices: jax.Array, minibatches: int) -> Batch:
+    """The envs ``indices`` (one row of ``minibatch_order``: one env per group of ``minibatches`` neighbours) of an
+    env-major batch. Picked inside each group (a gather with the group axis as a batch axis), so under SPMD every
+    device selects from its own envs: a plain ``x[indices]`` over the env axis makes XLA assemble the minibatch on
+    every device (an all-reduce of the whole minibatch), replicating the update's work."""
+    if minibatches == 1:
+        return batch
+    groups = indices.shape[0]
+    within = indices - minibatches * jnp.arange(groups, dtype=indices.dtype)
+
+    def pick(x: jax.Array) -> jax.Array:
+        grouped = x.reshape((groups, minibatches) + x.shape[1:])
+        return jax.vmap(lambda rows, j: rows[j])(grouped, within)
+
+    return jax.tree.map(pick, batch)
 
 
 @struct.dataclass
@@ -349,9 +377,7 @@ def update(
     )
 
     def run(carry: _StepCarry, indices: jax.Array) -> tuple[_StepCarry, _StepRecord]:
-        # One minibatch is the whole batch: skipping the gather keeps the env axis sharded under SPMD (a gather by a
-        # permutation makes XLA replicate the batch on every device); the loss is a mean, so order is immaterial.
-        minibatch = batch if config.minibatches == 1 else jax.tree.map(lambda x: x[indices], batch)
+        minibatch = select_minibatch(batch, indices, config.minibatches)
         (_, info), grads = loss_and_grad(carry.params, minibatch, coef)
         stop = jnp.asarray(False) if threshold is None else info.approx_kl > threshold
         updates, new_opt_state = optimizer.update(grads, carry.opt_state, carry.params)

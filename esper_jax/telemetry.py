@@ -21,6 +21,9 @@ __all__ = [
     "RewardComponentsTelemetry",
     "ENV_COMPONENT_TO_TELEMETRY",
     "MetricsLog",
+    "TIMING_KEYS",
+    "Timing",
+    "deterministic",
     "UnwrittenLog",
     "find_nonfinite_leaf",
     "leaf_paths",
@@ -158,8 +161,36 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Wall-clock figures of one interval, written into its metrics.jsonl line (keys ``TIMING_KEYS``).
+
+    ``interval_seconds``: the compiled interval call, dispatch to results ready (no compile, logging or
+    checkpointing); ``env_steps_per_second``: the interval's env steps over that; ``compile_seconds``: what this
+    interval waited for its program to compile (tracing + XLA, or a load from the persistent cache) before it
+    ran, 0.0 when an earlier interval's program was reused — the run's compile time, kept out of the rate."""
+
+    interval_seconds: float
+    env_steps_per_second: float
+    compile_seconds: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {f.name: float(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+# The only record keys that differ between two runs of the same config and seed (everything else is deterministic
+# on a given machine): comparisons of runs drop these (``deterministic``); TensorBoard files them under ``time/``.
+TIMING_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Timing))
+
+
+def deterministic(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A metrics record without its wall-clock keys (``TIMING_KEYS``): what two runs of one seed share."""
+    return {k: v for k, v in record.items() if k not in TIMING_KEYS}
+
+
 class MetricsLog:
-    """metrics.jsonl (deterministic content only: no wall-clock values) plus optional TensorBoard scalars."""
+    """metrics.jsonl plus optional TensorBoard scalars. A record's values are deterministic (same config and
+    seed → same values on a given machine) except ``TIMING_KEYS``."""
 
     def __init__(self, run_dir: Path, tensorboard: bool, keep_intervals: int | None = None):
         self.path = Path(run_dir) / "metrics.jsonl"
@@ -182,7 +213,7 @@ class MetricsLog:
 
             self._tb = SummaryWriter(str(Path(run_dir) / "tb"))
 
-    def append(self, record: dict[str, Any], timing: Mapping[str, float] | None = None) -> None:
+    def append(self, record: dict[str, Any]) -> None:
         record = _jsonable(record)
         self.records.append(record)
         with self.path.open("a") as fh:
@@ -192,9 +223,7 @@ class MetricsLog:
             step = int(record["env_steps"])
             for key, value in _flatten(record).items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "env_steps":
-                    self._tb.add_scalar(key, value, step)
-            for key, value in (timing or {}).items():
-                self._tb.add_scalar(f"time/{key}", value, step)
+                    self._tb.add_scalar(f"time/{key}" if key in TIMING_KEYS else key, value, step)
             self._tb.flush()
 
     def add_scalars(self, prefix: str, values: Mapping[str, Any], step: int) -> None:
@@ -217,7 +246,7 @@ class UnwrittenLog:
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
 
-    def append(self, record: dict[str, Any], timing: Mapping[str, float] | None = None) -> None:
+    def append(self, record: dict[str, Any]) -> None:
         self.records.append(record)
 
     def add_scalars(self, prefix: str, values: Mapping[str, Any], step: int) -> None:

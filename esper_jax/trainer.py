@@ -3,7 +3,8 @@
 Python runs only the outer loop. Each *interval* is ONE compiled call (``_interval_fn``): ``lax.scan`` over
 ``iterations_per_interval`` PPO iterations, each a full rollout (``rollout.collect``: ``env.episode_length`` steps
 of ``n_envs`` envs) followed by one ``ppo.update``. After each interval the trainer appends one line to
-``metrics.jsonl`` (deterministic values only), writes TensorBoard scalars, and every ``checkpoints.every`` intervals
+``metrics.jsonl`` (the interval's deterministic values plus its timing, ``telemetry.TIMING_KEYS``), writes
+TensorBoard scalars, and every ``checkpoints.every`` intervals
 (and at the end) an orbax checkpoint of the ``TrainerState`` plus the learning-curve PNG. A record holds the PPO
 losses and per-head entropies and what the env did over the interval (``esper_jax.outcomes``, reduced inside the
 compiled call). At the end the trained policy is compared with baselines (``esper_jax.evaluation``).
@@ -143,6 +144,15 @@ def _interval_fn(static: Static, num_iterations: int, layout):
     return layout.jit_interval(run)
 
 
+def _compiled_interval(static: Static, num_iterations: int, layout, state: TrainerState) -> tuple[Any, float]:
+    """The interval compiled ahead of time for ``state``'s shapes and placement, and the seconds that took (tracing,
+    lowering, XLA compile, or loading it from the persistent cache): the run's compile time, recorded apart from
+    the intervals' wall time so a record's env-steps/s is the compiled program's own rate."""
+    started = time.perf_counter()
+    compiled = _interval_fn(static, num_iterations, layout).lower(state.train, state.runner, state.key).compile()
+    return compiled, time.perf_counter() - started
+
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # The run
@@ -277,6 +287,7 @@ def train(
         progress.start()
 
     ran = 0
+    compiled: dict[int, Any] = {}  # iterations per interval -> the compiled interval
     finished = counters["interval"] >= cfg.num_intervals
     interrupted = False
     saved_interval = counters["interval"] if resume else None
@@ -290,7 +301,10 @@ def train(
                     break
                 interval = counters["interval"]
                 n_it = cfg.interval_iterations(interval)
-                fn = _interval_fn(static, n_it, layout)
+                compile_seconds = 0.0
+                if n_it not in compiled:  # the last interval may run fewer iterations: a second program
+                    compiled[n_it], compile_seconds = _compiled_interval(static, n_it, layout, state)
+                fn = compiled[n_it]
                 t0 = time.perf_counter()
                 train_state, runner, key, outs = fn(state.train, state.runner, state.key)
                 jax.block_until_ready(train_state.params)
@@ -302,7 +316,10 @@ def train(
                 state = TrainerState(train=train_state, runner=runner, key=key, counters=Counters.of(**counters))
                 rec = _interval_record(interval, counters, outs)
                 sps = n_it * steps_per_iteration / max(elapsed, 1e-9)
-                log.append(rec, timing={"interval_seconds": elapsed, "env_steps_per_second": sps})
+                timing = telemetry.Timing(interval_seconds=elapsed, env_steps_per_second=sps,
+                                          compile_seconds=compile_seconds)
+                rec.update(timing.as_dict())
+                log.append(rec)
                 try:  # the record above shows the bad interval; its state is never checkpointed
                     nonfinite.check_interval(outs, param_paths, interval=interval,
                                              first_iteration=counters["iteration"] - n_it, every_leaf=debug_nans)

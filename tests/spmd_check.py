@@ -5,12 +5,14 @@ pytest worker that already imported JAX cannot do, so the test starts this scrip
 one JSON object it prints last:
 
 * ``update``: the same trajectory (the update benchmark's synthetic one) fed to ``ppo.update`` jitted with the
-  1-device and the N-device layout (2 epochs × 2 minibatches, so the minibatch permutation is exercised).
+  1-device and the N-device layout (2 epochs × 2 minibatches, so the minibatch selection is exercised).
 * ``interval``: the trainer's compiled interval (``trainer._interval_fn``: rollout + update, one iteration per call)
   run 3 times on each layout from the same state, with a small replay env that compiles in seconds: the params
   after the first call are one update (on each layout's own rollout), after the third a short training run.
 * ``train``: ``esper_jax.train.train`` on the lifecycle simulator, same seed, ``--devices 1`` and ``--devices N``:
   metrics.jsonl records, final parameters and the runner state the rollouts left behind.
+* ``hlo``: ``ppo.update`` with several minibatches compiled for the N-device layout: the all-gathers in its HLO
+  (none may gather the batch onto every device).
 * ``errors``: the messages for an env count that does not split and for more devices than exist.
 * ``process``: one process of a multi-host run (``--coordinator``, ``--num-processes``, ``--process-id``; without
   them a single process on all its devices): trains TRAIN_CONFIG into ``OUT_DIR/multihost`` and reports its
@@ -25,6 +27,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -34,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from esper_jax import distributed, ppo, rollout, testing, train, trainer
+from esper_jax import distributed, ppo, rollout, telemetry, testing, train, trainer
 from esper_jax.config import CheckpointConfig, ConfigError, DistributedConfig, RunTelemetryConfig, TrainingConfig
 from esper_jax.contracts import LifecycleOp, SlotConfig
 from esper_jax.env import EnvConfig
@@ -151,6 +154,47 @@ def check_update(devices: int) -> dict:
     }
 
 
+COLLECTIVE = re.compile(r"\b(all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)(-start)?\(")
+
+
+def _collectives(hlo: str) -> list[tuple[str, list[list[int]]]]:
+    """(op, result shapes) of every collective in a compiled module's text, async starts included; a tuple result
+    (``(f32[8,7]{1,0}, pred[8,7,5]{2,1,0}) all-reduce(``) lists each element's shape."""
+    found = []
+    for line in hlo.splitlines():
+        match = COLLECTIVE.search(line)
+        if match and "=" in line:
+            result = line.split("=", 1)[1][: match.start() - len(line.split("=", 1)[0]) - 1]
+            shapes = [[int(d) for d in dims.split(",") if d] for dims in re.findall(r"[a-z]+\d*\[([\d,]*)\]", result)]
+            found.append((match.group(1), shapes))
+    return found
+
+
+def check_hlo(devices: int) -> dict:
+    """Compile ``ppo.update`` (2 epochs × 2 minibatches, so the minibatch selection runs) for the N-device layout
+    and list the collectives that move batch data: any with a time axis (``num_steps``, a size no parameter has) or
+    the batch's or a minibatch's global env count as an axis. Only the gradients' and the scalars' all-reduces may
+    remain."""
+    from bench import fixtures
+
+    net = NetworkConfig(num_slots=2, feature_dim=HIDDEN, hidden_dim=HIDDEN)
+    config = ppo.PPOConfig(epochs=2, minibatches=2, target_kl=None)
+    num_envs, num_steps = 6 * devices, 7
+    state = ppo.create_train_state(jax.random.PRNGKey(0), config, net)
+    trajectory = jax.tree.map(np.asarray, fixtures.update_buffer(net, num_envs, num_steps).trajectory())
+    layout = distributed.make_layout(num_envs, devices)
+    update = jax.jit(functools.partial(ppo.update, config=config, network_config=net),
+                     in_shardings=(layout.replicated, layout.trajectory(), layout.replicated),
+                     out_shardings=layout.replicated)
+    hlo = update.lower(state, trajectory, jax.random.PRNGKey(3)).compile().as_text()
+    batch_sizes = {num_steps, num_envs, num_envs // config.minibatches, num_envs * num_steps}
+    collectives = _collectives(hlo)
+    moving_batch = [f"{op} {shapes}" for op, shapes in collectives
+                    if any(batch_sizes & set(shape) for shape in shapes)]
+    return {"num_envs": num_envs, "num_steps": num_steps, "collectives": len(collectives),
+            "all_gathers": sum(op == "all-gather" for op, _ in collectives), "batch_collectives": moving_batch}
+
+
 def check_interval(devices: int) -> dict:
     env = ReplayEnv()
     net = NetworkConfig(num_slots=env.num_slots, feature_dim=HIDDEN, hidden_dim=HIDDEN)
@@ -191,7 +235,7 @@ def check_train(devices: int, out: Path) -> dict:
         started = time.perf_counter()
         result = train.train(TRAIN_CONFIG, out / f"devices{n}", evaluate=False,
                              distributed=DistributedConfig(devices=n))
-        runs[n] = {"records": result.records, "params": jax.tree.map(np.asarray, result.state.train.params),
+        runs[n] = {"records": [telemetry.deterministic(r) for r in result.records], "params": jax.tree.map(np.asarray, result.state.train.params),
                    "runner": jax.tree.map(np.asarray, result.state.runner), "seconds": time.perf_counter() - started,
                    "carry_sharding": str(result.state.runner.carry.h.sharding.spec),
                    "num_devices": len(result.state.runner.carry.h.sharding.device_set)}
@@ -245,7 +289,7 @@ def run_process(out: Path, coordinator: str, num_processes: int, process_id: int
     return {
         "process_index": jax.process_index(), "process_count": jax.process_count(),
         "global_devices": len(jax.devices()), "local_envs": sum(s.data.shape[0] for s in carry.addressable_shards),
-        "records": result.records,
+        "records": [telemetry.deterministic(r) for r in result.records],
         "params": jax.tree.map(lambda x: np.asarray(x).tolist(), result.state.train.params),
     }
 
@@ -269,6 +313,8 @@ def main(argv: list[str]) -> None:
         started = time.perf_counter()
         if name == "update":
             report[name] = check_update(devices)
+        elif name == "hlo":
+            report[name] = check_hlo(devices)
         elif name == "interval":
             report[name] = check_interval(devices)
         elif name == "train":

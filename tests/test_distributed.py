@@ -7,7 +7,8 @@ process (an xdist worker) has JAX running already, so they run ``tests/spmd_chec
 each device's work (8× smaller batches pick other CPU matmul kernels) and the order of the float32 sums over the
 env axis (per-device partial sums, then the all-reduce), so results agree to float32 rounding, not bit for bit.
 
-Default run: the refusals and the trainer's compiled interval (rollout + update) with a small env, 3 iterations.
+Default run: the refusals, the collectives in the compiled multi-minibatch update's HLO, and the trainer's compiled
+interval (rollout + update) with a small env, 3 iterations.
 Behind ``-m slow``: ``ppo.update`` on one identical trajectory, and ``esper_jax.train.train`` on the lifecycle
 simulator (each two more compiles).
 """
@@ -24,7 +25,7 @@ import jax
 import numpy as np
 import pytest
 
-from esper_jax import distributed
+from esper_jax import distributed, telemetry
 from esper_jax.config import ConfigError, DistributedConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +51,7 @@ def _spmd_check(out: Path, only: str) -> dict:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    return _spmd_check(tmp_path_factory.mktemp("spmd"), "errors,interval")
+    return _spmd_check(tmp_path_factory.mktemp("spmd"), "errors,hlo,interval")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -61,6 +62,18 @@ def report(tmp_path_factory):
 def test_first_update_of_the_compiled_interval_on_8_devices_matches_1_device(report):
     diff = report["interval"]["first_update_params"]
     assert diff["bound_excess"] <= 0, f"params after one update outside docs/parity.md's bound: {diff}"
+
+
+def test_multi_minibatch_update_on_8_devices_moves_no_batch_between_devices(report):
+    """Issue 20: with several minibatches each device picks its share of a minibatch from its own envs, the
+    observation normaliser sums over [T, E] in place and the LSTM kernel gradient contracts T and E in place, so
+    the compiled update's only collectives are all-reduces of gradients and scalars: none carries a time axis or a
+    global env count (before, the minibatch gather all-reduced every minibatch onto every device and the
+    normaliser and the kernel gradient all-gathered [T, E, ...])."""
+    hlo = report["hlo"]
+    assert hlo["collectives"] > 0, "the 8-device update must at least all-reduce its gradients"
+    assert hlo["batch_collectives"] == [], f"batch data moved between devices: {hlo['batch_collectives']}"
+    assert hlo["all_gathers"] == 0
 
 
 @pytest.mark.slow  # two more compiles of ppo.update (~40 s of CPU); the interval check covers one update by default
@@ -179,7 +192,8 @@ def test_two_process_run_matches_one_process_and_writes_once(tmp_path):
     assert reports[0]["records"] == reports[1]["records"] and reports[0]["params"] == reports[1]["params"]
     run_dir = tmp_path / "multihost"
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line) for line in lines] == reports[0]["records"], "metrics.jsonl must be written once"
+    written = [telemetry.deterministic(json.loads(line)) for line in lines]  # the wall-clock keys differ per process
+    assert written == reports[0]["records"], "metrics.jsonl must be written once"
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["2", "3"]
 
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"

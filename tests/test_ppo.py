@@ -256,6 +256,8 @@ def test_obs_normaliser_init_clip_and_ema_update():
     sub = batch[:2].reshape(-1, 3).astype(np.float64)
     np.testing.assert_allclose(masked.mean, 0.01 * sub.mean(0), rtol=1e-5)
     unchanged = normalization.update(stats, batch, np.zeros((7, 5), bool))
+    with pytest.raises(ValueError, match=r"valid must have the leading shape of x \(7, 5\)"):
+        normalization.update(stats, batch, np.ones((35,), bool))
     np.testing.assert_array_equal(unchanged.mean, stats.mean)
     # Without momentum: the full parallel-Welford merge.
     welford = normalization.update(normalization.init(3, momentum=None), batch)

@@ -138,6 +138,21 @@ def test_epochs_and_minibatches_change_the_update(start):
         ppo.minibatch_order(jax.random.PRNGKey(0), 6, dataclasses.replace(LEARN, minibatches=4))
     order = np.asarray(ppo.minibatch_order(jax.random.PRNGKey(0), 8, dataclasses.replace(LEARN, epochs=3)))
     assert order.shape == (6, 4) and all(sorted(order[2 * e:2 * e + 2].ravel()) == list(range(8)) for e in range(3))
+    # Each minibatch holds one env of every group of `minibatches` neighbours, in group order (so a device holding
+    # whole groups picks its share locally), and the deal differs between epochs.
+    assert all(list(row // 2) == [0, 1, 2, 3] for row in order)
+    assert len({tuple(order[2 * e]) for e in range(3)}) > 1
+
+
+def test_select_minibatch_is_indexing_by_the_order(start):
+    state, _, traj, _ = start
+    config = dataclasses.replace(LEARN, minibatches=4)
+    batch, _ = ppo.prepare_batch(traj, config)
+    order = ppo.minibatch_order(jax.random.PRNGKey(1), batch.valid.shape[0], config)
+    for row in np.asarray(order):
+        picked = ppo.select_minibatch(batch, jnp.asarray(row), config.minibatches)
+        for got, want in zip(jax.tree.leaves(picked), jax.tree.leaves(batch), strict=True):
+            np.testing.assert_array_equal(got, np.asarray(want)[row])
 
 
 def test_kl_early_stop_leaves_params_and_optimizer_untouched(start):

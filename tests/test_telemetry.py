@@ -10,8 +10,11 @@ import jax.numpy as jnp
 from esper_jax.env import RewardComponents
 from esper_jax.telemetry import (
     ENV_COMPONENT_TO_TELEMETRY,
+    TIMING_KEYS,
     MetricsLog,
     RewardComponentsTelemetry,
+    Timing,
+    deterministic,
     find_nonfinite_leaf,
     plot_learning_curves,
 )
@@ -69,7 +72,7 @@ def _record(i):
 def test_metrics_log_jsonl_tensorboard_and_resume_truncation(tmp_path):
     log = MetricsLog(tmp_path, tensorboard=True)
     for i in range(3):
-        log.append(_record(i), timing={"interval_seconds": 1.0})
+        log.append({**_record(i), "interval_seconds": 1.0, "env_steps_per_second": 10.0, "compile_seconds": 0.0})
     log.close()
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3 and json.loads(lines[0])["nan_value"] is None
@@ -80,6 +83,14 @@ def test_metrics_log_jsonl_tensorboard_and_resume_truncation(tmp_path):
     resumed = MetricsLog(tmp_path, tensorboard=False, keep_intervals=2)
     assert [r["interval"] for r in resumed.records] == [0, 1]
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_timing_keys_are_named_once_and_dropped_for_comparisons():
+    timing = Timing(interval_seconds=2.0, env_steps_per_second=40.0, compile_seconds=0.0)
+    assert tuple(timing.as_dict()) == TIMING_KEYS == ("interval_seconds", "env_steps_per_second", "compile_seconds")
+    record = {**_record(0), **timing.as_dict()}
+    assert set(deterministic(record)) == set(_record(0))  # (values compared by key: _record holds a NaN)
+    assert deterministic(record)["mean_episode_return"] == 0.0 and set(record) - set(deterministic(record)) == set(TIMING_KEYS)
 
 
 def test_plot_writes_png(tmp_path):

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import pytest
 
+from esper_jax import telemetry
 from esper_jax import train as train_mod
 from esper_jax.checkpoint import CheckpointError
 from esper_jax.config import CheckpointConfig, ConfigError, RunTelemetryConfig, TrainingConfig
@@ -67,6 +68,13 @@ def test_run_directory(full_run):
     rec = json.loads(lines[-1])
     assert rec["interval"] == 3 and rec["env_steps"] == 4 * 2 * 20 and rec["episodes"] == 8
     assert set(rec["entropy_per_head"]) >= {"op", "slot", "blueprint"}
+    # Issue 20: every line carries its interval's wall time and rate; the compile is paid (and recorded) once.
+    records = [json.loads(line) for line in lines]
+    for r in records:
+        assert r["interval_seconds"] > 0
+        steps = TINY.n_envs * TINY.episode_length * TINY.iterations_per_interval
+        assert r["env_steps_per_second"] == pytest.approx(steps / r["interval_seconds"], rel=1e-6)
+    assert records[0]["compile_seconds"] > 0 and all(r["compile_seconds"] == 0.0 for r in records[1:])
     for key in ("op_counts", "effective_op_counts", "invalid_action_rate", "action_success_rate",
                 "reward_components", "seed_outcomes"):
         assert key in rec, key
@@ -148,9 +156,15 @@ def test_progress_bar_shows_eta_when_intervals_are_slow():
     assert "ETA 0:11:40" in last, last  # 700 steps left at the compiled rate of 1 step/s
 
 
+def _deterministic_lines(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without the wall-clock keys (telemetry.TIMING_KEYS): what two runs of one seed must share."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [telemetry.deterministic(json.loads(line)) for line in lines]
+
+
 def test_same_seed_identical_metrics(full_run, tmp_path):
     again = train_mod.train(TINY, tmp_path / "again", evaluate=False)
-    assert (tmp_path / "again" / "metrics.jsonl").read_bytes() == (full_run.run_dir / "metrics.jsonl").read_bytes()
+    assert _deterministic_lines(tmp_path / "again") == _deterministic_lines(full_run.run_dir)
     _assert_trees_equal(again.state.train.params, full_run.state.train.params)
 
 
@@ -162,7 +176,7 @@ def test_resume_matches_uninterrupted(full_run, tmp_path):
     assert second.finished
     _assert_trees_equal(second.state.train, full_run.state.train)
     _assert_trees_equal(second.state.runner, full_run.state.runner)
-    assert (run_dir / "metrics.jsonl").read_bytes() == (full_run.run_dir / "metrics.jsonl").read_bytes()
+    assert _deterministic_lines(run_dir) == _deterministic_lines(full_run.run_dir)
 
 
 def test_existing_run_dir_is_not_overwritten(full_run):

@@ -44,11 +44,11 @@ def _records(run_dir: Path) -> list[dict]:
 
 def _poison_from(monkeypatch, first_bad_interval: int, path_part: str = "value_head") -> None:
     """From the given interval on, the interval starts from parameters whose `path_part` leaves are NaN."""
-    original = trainer._interval_fn
+    original = trainer._compiled_interval
     calls = [0]
 
     def patched(*args):
-        fn = original(*args)
+        fn, seconds = original(*args)
 
         def run(train_state, runner, key):
             calls[0] += 1
@@ -57,9 +57,9 @@ def _poison_from(monkeypatch, first_bad_interval: int, path_part: str = "value_h
                     lambda p, x: x * np.nan if path_part in jax.tree_util.keystr(p) else x, train_state.params))
             return fn(train_state, runner, key)
 
-        return run
+        return run, seconds
 
-    monkeypatch.setattr(trainer, "_interval_fn", patched)
+    monkeypatch.setattr(trainer, "_compiled_interval", patched)
 
 
 # --- 1. non-finite values stop the run --------------------------------------------------------------------------

@@ -1,0 +1,187 @@
+"""The PPO update beside torch's bare gradient step, both against the machine's matmul throughput:
+``python -m bench.headroom [--envs 4,64] [--rounds 12] [--matmul-dtype bfloat16]``.
+
+One process, the same weights (the torch reference's init, converted) and the same [envs × 150] batch on both
+sides. Each round times one esper_jax ``ppo.update`` (obs normaliser, GAE, forward + backward through the LSTM,
+clip, Adam; compiled ahead of time) and then one torch gradient step (``compute_loss`` + backward +
+``clip_grad_norm_`` + Adam, GAE done beforehand: the least torch can do for the same update), alternating, so
+both see the same load on a shared machine; medians and minima over the rounds are reported, and the ratio of the
+medians. Both are also put against a measured dense float32 matmul rate (square 1024 GEMMs, best of torch's and
+XLA's over the same rounds), counting the update as 6 FLOPs per kernel weight per sample (2 forward, 4 backward; the usual estimate),
+so the headroom left is visible.
+
+Prints one JSON object per size and a markdown table; ``--out FILE`` also writes the JSON list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bench import common, fixtures
+from bench import update as update_bench
+
+SEQ_LEN = fixtures.SEQ_LEN
+GEMM = 1024
+_GEMM = jax.jit(jnp.matmul)
+
+
+def cpu_features() -> dict[str, bool]:
+    """Whether this CPU has native bf16 arithmetic (AVX512_BF16 / AMX-BF16), read from /proc/cpuinfo (Linux);
+    all False where it cannot be read: never assumed."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return {"avx2": "avx2" in flags, "avx512f": "avx512f" in flags, "avx512_bf16": "avx512_bf16" in flags,
+            "amx_bf16": "amx_bf16" in flags}
+
+
+def matmul_rate(torch: Any, rounds: int = 5) -> dict[str, float]:
+    """Measured float32 GEMM rate (FLOP/s) of [GEMM × GEMM] @ [GEMM × GEMM] in torch and in XLA, best of ``rounds``
+    (the side-by-side takes the best over its rounds: the least disturbed figure on a shared machine)."""
+    a = np.random.default_rng(0).standard_normal((GEMM, GEMM)).astype(np.float32)
+    flops = 2.0 * GEMM**3
+    jitted = _GEMM
+    xa = jnp.asarray(a)
+    jitted(xa, xa).block_until_ready()
+    best_jax = min(_wall(lambda: jitted(xa, xa).block_until_ready()) for _ in range(rounds))
+    out = {"xla_flops": flops / best_jax}
+    if torch is not None:
+        ta = torch.from_numpy(a)
+        torch.mm(ta, ta)
+        out["torch_flops"] = flops / min(_wall(lambda: torch.mm(ta, ta)) for _ in range(rounds))
+    out["best_flops"] = max(out.values())
+    return out
+
+
+def _wall(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def update_flops(params: Any, samples: int) -> float:
+    """6 FLOPs per kernel weight per sample: forward 2, backward 4 (input and weight gradients)."""
+    from esper_jax.network import is_kernel
+
+    weights = sum(np.size(x) for path, x in jax.tree_util.tree_leaves_with_path(params) if is_kernel(path))
+    return 6.0 * weights * samples
+
+
+def side_by_side(num_envs: int, rounds: int, torch: Any, matmul_dtype: str | None) -> dict[str, Any]:
+    from reference_torch import ppo as ref_ppo
+
+    torch_net = fixtures.torch_network(torch, fixtures.network_config())
+    jitted, args, kwargs, _config, params = update_bench.build_jax(num_envs, torch_net, matmul_dtype=matmul_dtype)
+    compiled = common.compile_jax(jitted, *args, **kwargs)
+
+    buf = fixtures.update_buffer(fixtures.network_config(), num_envs, SEQ_LEN)
+    ref_config = ref_ppo.ReferenceConfig(target_kl=None)
+    optimizer = ref_ppo.make_optimizer(torch_net, ref_config)
+    torch_net.train()
+    prepared = ref_ppo.prepare_data(buf.torch_data(torch), buf.step_counts, ref_config)
+    rows = list(range(num_envs))
+
+    def torch_step() -> None:
+        loss, _ = ref_ppo.compute_loss(torch_net, prepared, rows, ref_config)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(torch_net.parameters(), ref_config.max_grad_norm)
+        optimizer.step()
+
+    def jax_update() -> None:
+        jax.block_until_ready(compiled.fn(*args))
+
+    jax_update()
+    torch_step()  # warm-up of both
+    jax_s, torch_s, gemm = [], [], []
+    for _ in range(rounds):
+        jax_s.append(_wall(jax_update))
+        torch_s.append(_wall(torch_step))
+        gemm.append(matmul_rate(torch, rounds=1))  # in the same rounds, so it sees the same load
+    flops = update_flops(params, num_envs * SEQ_LEN)
+    jax_med, torch_med = statistics.median(jax_s), statistics.median(torch_s)
+    return {
+        "envs": num_envs, "seq_len": SEQ_LEN, "rounds": rounds,
+        "matmul_dtype": matmul_dtype or "float32",
+        "jax_median_ms": 1e3 * jax_med, "jax_min_ms": 1e3 * min(jax_s),
+        "torch_median_ms": 1e3 * torch_med, "torch_min_ms": 1e3 * min(torch_s),
+        "ratio": torch_med / jax_med,  # > 1: ppo.update is faster than torch's bare step
+        "ratio_of_minima": min(torch_s) / min(jax_s),
+        "update_gflop": flops / 1e9,
+        "jax_gflops": flops / jax_med / 1e9, "torch_gflops": flops / torch_med / 1e9,
+        "compile_s": compiled.lower_s + compiled.compile_s,
+        "matmul_gflops": max(g["best_flops"] for g in gemm) / 1e9,
+        "xla_matmul_gflops": max(g["xla_flops"] for g in gemm) / 1e9,
+        "torch_matmul_gflops": max(g["torch_flops"] for g in gemm) / 1e9,
+    }
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(prog="python -m bench.headroom", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--envs", default="4,64", help="comma-separated env counts (default 4,64)")
+    parser.add_argument("--rounds", type=int, default=12, help="alternating timed rounds per size (default 12)")
+    parser.add_argument("--matmul-dtype", default=None, choices=[None, "bfloat16"],
+                        help="the esper_jax side's NetworkConfig.matmul_dtype (torch stays float32)")
+    parser.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads (default: one per core)")
+    parser.add_argument("--single-thread", action="store_true",
+                        help="one thread on both sides: torch.set_num_threads(1) and XLA's CPU backend without its "
+                        "multi-threaded Eigen matmuls (--xla_cpu_multi_thread_eigen=false), for a machine whose other "
+                        "load makes two-thread timings meaningless")
+    parser.add_argument("--out", default=None, help="also write the results as a JSON list here")
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
+    if args.single_thread:
+        if args.torch_threads not in (None, 1):
+            parser.error("--single-thread sets torch to 1 thread; drop --torch-threads")
+        # read when JAX's CPU backend starts, i.e. at its first computation below, not at import
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+        args.torch_threads = 1
+    common.configure_torch_threads(args.torch_threads)
+    torch = common.setup_torch()
+    if torch is None:
+        parser.error("torch is not installed: the comparison needs the torch reference (pip install esper-jax[torch])")
+    features = cpu_features()
+    if args.matmul_dtype == "bfloat16" and not (features["avx512_bf16"] or features["amx_bf16"]) \
+            and jax.default_backend() == "cpu":
+        print("# note: this CPU has no native bf16 arithmetic (no AVX512_BF16/AMX): bf16 matmuls are emulated")
+    results = []
+    for num_envs in (int(e) for e in args.envs.split(",")):
+        row = side_by_side(num_envs, args.rounds, torch, args.matmul_dtype)
+        row.update(cpu=features, torch_threads=torch.get_num_threads(), xla_single_thread=args.single_thread,
+                   device=common.jax_device(),
+                   jax_matmul_fraction=row["jax_gflops"] / row["matmul_gflops"],
+                   torch_matmul_fraction=row["torch_gflops"] / row["matmul_gflops"])
+        print(json.dumps(row), flush=True)
+        results.append(row)
+    print("\n| envs × T | matmuls | ppo.update median (min) | torch fwd+bwd+Adam median (min) | torch ÷ jax | "
+          "jax / torch GFLOP/s | of measured GEMM rate |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['envs']} × {r['seq_len']} | {r['matmul_dtype']} | {r['jax_median_ms']:.1f} ({r['jax_min_ms']:.1f}) ms"
+              f" | {r['torch_median_ms']:.1f} ({r['torch_min_ms']:.1f}) ms | **{r['ratio']:.2f}×** | "
+              f"{r['jax_gflops']:.1f} / {r['torch_gflops']:.1f} | {r['jax_matmul_fraction']:.0%} / "
+              f"{r['torch_matmul_fraction']:.0%} of {r['matmul_gflops']:.0f} GFLOP/s |")
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(results, fh, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    main()
