@@ -74,3 +74,27 @@ def test_policy_flag_is_checked_before_anything_runs(tmp_path):
     with pytest.raises(SystemExit):
         controllers.main(["--compat", "fixed", "--policy", f"fixed={tmp_path}", "--out", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow  # trains a tiny simulator run (one compile of the trainer's interval)
+def test_load_restores_the_newest_checkpoint_of_a_run(tmp_path):
+    from esper_jax import train as train_mod
+    from esper_jax.config import CheckpointConfig, RunTelemetryConfig
+    from esper_jax.contracts import SlotConfig
+    from esper_jax.env import EnvConfig
+    from esper_jax.network import NetworkConfig
+    from esper_jax.rollout import RolloutConfig
+
+    cfg = TrainingConfig(
+        env_kind="sim", n_episodes=4, n_envs=2, iterations_per_interval=1, eval_episodes=1, seed=5,
+        env=EnvConfig(slots=SlotConfig(("r0c1",)), episode_length=10), rollout=RolloutConfig(num_steps=10),
+        network=NetworkConfig(num_slots=1, hidden_dim=16, feature_dim=16), checkpoints=CheckpointConfig(every=1),
+        telemetry=RunTelemetryConfig(progress_bar=False, tensorboard=False, plots=False),
+    )
+    result = train_mod.train(cfg, tmp_path / "run", evaluate=False)
+    pol = trained.load(tmp_path / "run")
+    assert pol.episodes_trained == 4 and pol.compat == cfg.compat
+    for a, b in zip(jax.tree.leaves(pol.params), jax.tree.leaves(result.state.train.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="env 'sim'"):  # a simulator policy does not play the host-env benchmark
+        trained.check_fits(pol, cfg.compat, 1, "digits")
