@@ -8,8 +8,12 @@ mean ± std over episodes: final validation accuracy (the observation at the las
 seed whose alpha is > 0 at the end, fossils included: what the final forward pass runs), fossils, the episode's raw
 return (the sum of unnormalised rewards) and its reward components, and the op histogram (effective ops).
 
+``--policy COMPAT=RUN_DIR`` (once per mode) adds a policy trained by ``python -m esper_jax.train`` on the host env
+in that mode (``bench/trained.py``) as two more controllers on the same episode keys: ``trained`` (actions sampled,
+as PPO trains it) and ``trained_greedy`` (argmax of every head).
+
 Writes ``results.json``, ``results.md`` and ``controllers.png`` under ``--out`` (default
-``bench/results/controllers-<UTC date>``). No trained controller is run here (see README).
+``bench/results/controllers-<UTC date>``).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench import scripted
+from bench import scripted, trained
 from esper_jax.contracts import COMPAT_MODES, NUM_OPS, LifecycleOp, SeedStage
 from esper_jax.env import EnvConfig, HostConfig, RewardComponents, make
 from esper_jax.env.core import EsperEnv
@@ -38,17 +42,24 @@ _COMPONENTS = tuple(f.name for f in dataclasses.fields(RewardComponents))
 def episodes_fn(env: EsperEnv, names: tuple[str, ...]):
     """jit(fn(controller_index int32, keys [N, 2]) -> dict of per-episode arrays) for ``env``."""
     acts = scripted.act_fns(names)
-    num_slots = env.num_slots
+    return _episodes_fn(env, lambda index, memory, obs, key: jax.lax.switch(index, acts, memory, obs, key),
+                        scripted.initial_memory(env.num_slots))
+
+
+def _episodes_fn(env: EsperEnv, act, initial_carry):
+    """jit(fn(arg, keys [N, 2]) -> dict of per-episode arrays): ``act(arg, carry, obs, key) -> (carry, actions)``
+    plays every episode from ``initial_carry``. The env's keys come from the episode key alone, so any two
+    controllers given the same keys meet the same hosts, minibatches and validation."""
     steps = env.config.episode_length
 
-    def one(index, key):
+    def one(arg, key):
         k_reset, k_env, k_act = jax.random.split(key, 3)
         state, obs = env.reset(k_reset)
 
         def body(carry, keys):
             state, obs, memory = carry
             k_step, k_a = keys
-            memory, actions = jax.lax.switch(index, acts, memory, obs, k_a)
+            memory, actions = act(arg, memory, obs, k_a)
             out = env.step(state, actions, k_step)
             comps = out.info.reward_components
             record = {
@@ -60,7 +71,7 @@ def episodes_fn(env: EsperEnv, names: tuple[str, ...]):
             return (out.state, out.obs, memory), record
 
         keys = (jax.random.split(k_env, steps), jax.random.split(k_act, steps))
-        (state, obs, _), rec = jax.lax.scan(body, (state, obs, scripted.initial_memory(num_slots)), keys)
+        (state, obs, _), rec = jax.lax.scan(body, (state, obs, initial_carry), keys)
         slots = state.slots
         live = slots.has_module & (slots.alpha > 0.0)
         seed_params = jnp.sum(jnp.where(live, env.seed_params(slots), 0.0))
@@ -84,18 +95,32 @@ def host_env(compat: str, epochs: int, num_slots: int = 3) -> EsperEnv:
                                          host=HostConfig()))
 
 
-def run(env: EsperEnv, names: tuple[str, ...], episodes: int, seed: int = 0, log=print) -> dict[str, dict]:
-    """Per controller: per-episode lists of every metric (same episode keys for every controller)."""
-    fn = episodes_fn(env, names)
-    keys = jax.random.split(jax.random.PRNGKey(seed), episodes)
+def _play(fn, args: dict, keys, compat: str, log) -> dict[str, dict]:
     out = {}
-    for i, name in enumerate(names):
+    for name, arg in args.items():
         t0 = time.perf_counter()
-        res = jax.device_get(fn(jnp.int32(i), keys))
+        res = jax.device_get(fn(arg, keys))
         out[name] = {k: np.asarray(v).tolist() for k, v in res.items()}
-        log(f"# {env.config.compat} {name}: acc {np.mean(res['final_acc']):.2f} return {np.mean(res['return']):.2f} "
+        log(f"# {compat} {name}: acc {np.mean(res['final_acc']):.2f} return {np.mean(res['return']):.2f} "
             f"({time.perf_counter() - t0:.0f}s)")
     return out
+
+
+def run(env: EsperEnv, names: tuple[str, ...], episodes: int, seed: int = 0, log=print) -> dict[str, dict]:
+    """Per controller: per-episode lists of every metric (same episode keys for every controller)."""
+    keys = jax.random.split(jax.random.PRNGKey(seed), episodes)
+    return _play(episodes_fn(env, names), {n: jnp.int32(i) for i, n in enumerate(names)}, keys,
+                 env.config.compat, log)
+
+
+def run_trained(env: EsperEnv, policy: trained.TrainedPolicy, episodes: int, seed: int = 0, log=print
+                ) -> dict[str, dict]:
+    """The trained policy, sampled (``trained``) and greedy (``trained_greedy``), on ``run``'s episode keys."""
+    trained.check_fits(policy, env.config.compat, env.num_slots, env.config.task)
+    keys = jax.random.split(jax.random.PRNGKey(seed), episodes)
+    fn = _episodes_fn(env, trained.act_fn(policy), trained.initial_carry(policy))
+    args = {kind: (jnp.int32(i), policy.params, policy.obs_stats) for i, kind in enumerate(trained.KINDS)}
+    return _play(fn, args, keys, env.config.compat, log)
 
 
 def summarise(per_episode: dict[str, list]) -> dict[str, list[float]]:
@@ -172,6 +197,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--controllers", default=",".join(scripted.CONTROLLERS),
                         help=f"comma-separated subset of {scripted.CONTROLLERS}")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--policy", action="append", default=[], metavar="COMPAT=RUN_DIR",
+                        help="a run directory of python -m esper_jax.train (host env, that compat mode) to play as "
+                             "the trained and trained_greedy controllers in that mode (repeat per mode)")
     parser.add_argument("--out", default=None, help="output folder (default bench/results/controllers-<date>)")
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.episodes < 1:
@@ -182,6 +210,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     except ValueError as e:
         parser.error(str(e))
     modes = COMPAT_MODES if args.compat == "both" else (args.compat,)
+    policies = {}
+    for spec in args.policy:
+        compat, sep, run_dir = spec.partition("=")
+        if not sep or compat not in modes or compat in policies:
+            parser.error(f"--policy must be COMPAT=RUN_DIR with COMPAT one of {list(modes)}, once each; got {spec!r}")
+        try:
+            policies[compat] = trained.load(run_dir)
+            trained.check_fits(policies[compat], compat, 3, "digits")
+        except (OSError, ValueError, RuntimeError) as e:
+            parser.error(f"--policy {spec}: {e}")
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     out = Path(args.out or f"bench/results/controllers-{date}")
     results = {
@@ -192,11 +230,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "device": str(jax.devices()[0]),
         "ops_order": [o.name for o in LifecycleOp],
         "modes": {},
+        "policies": {c: {"run_dir": str(p.run_dir), "episodes_trained": p.episodes_trained} for c, p in policies.items()},
     }
     started = time.perf_counter()
     for compat in modes:
         env = host_env(compat, args.epochs)
         per = run(env, names, args.episodes, args.seed)
+        if compat in policies:
+            per.update(run_trained(env, policies[compat], args.episodes, args.seed))
         results["modes"][compat] = {n: {"summary": summarise(p), "per_episode": p} for n, p in per.items()}
     results["wall_s"] = time.perf_counter() - started
     out.mkdir(parents=True, exist_ok=True)

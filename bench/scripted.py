@@ -14,7 +14,8 @@ Controllers (``CONTROLLERS``):
   the forward pass (alpha 0 in GERMINATED).
 * ``cycle``       — germinate conv_small in slot 0, PRUNE it (instant) as soon as the masks allow, repeat after the
   embargo: the germinate/prune farming loop.
-* ``random``      — each head uniform over the actions its mask allows.
+* ``random``      — the random baseline of the trainer's final comparison (``esper_jax.random_policy``): each
+  head uniform over its mask, the style head conditioned on the sampled op.
 * ``heuristic``   — upstream's ``HeuristicTamiyo`` (esper-lite ``tamiyo/heuristic.py``) with its default
   thresholds (leyline ``DEFAULT_*``): germinate on a plateau (≥ 3 epochs with < 0.5 pp gain) once the loss has
   stabilised and after epoch 5, blueprints in rotation conv_light → conv_heavy → attention → norm → depthwise with
@@ -49,6 +50,7 @@ from esper_jax.contracts import (
     TempoAction,
 )
 from esper_jax.observation import Observation
+from esper_jax.random_policy import random_masked_actions
 
 CONTROLLERS: tuple[str, ...] = (
     "wait",
@@ -195,13 +197,7 @@ def cycle(memory: Memory, obs: Observation, key) -> tuple[Memory, PerHead]:
 
 
 def random_valid(memory: Memory, obs: Observation, key) -> tuple[Memory, PerHead]:
-    m = masks.compute_env(obs)
-    keys = jax.random.split(key, 8)
-    picks = [
-        jax.random.categorical(k, jnp.where(mask, 0.0, -jnp.inf)).astype(jnp.int32)
-        for k, mask in zip(keys, jax.tree.leaves(m))
-    ]
-    return memory, jax.tree.unflatten(jax.tree.structure(m), picks)
+    return memory, random_masked_actions(masks.compute_env(obs), key)
 
 
 def _track(memory: Memory, obs: Observation) -> Memory:

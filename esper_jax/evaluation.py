@@ -24,6 +24,7 @@ def _eval_fn(static: Static, num_envs: int, num_steps: int, compat: str):
     from esper_jax import masks as masks_mod
     from esper_jax import normalization, policy
     from esper_jax.contracts import HEAD_NAMES, PerHead
+    from esper_jax.random_policy import random_masked_actions
 
     env, net = static.env, static.network
 
@@ -47,15 +48,7 @@ def _eval_fn(static: Static, num_envs: int, num_steps: int, compat: str):
             return PerHead(**acts), carry
 
         def random(_):
-            keys = jax.random.split(key, len(HEAD_NAMES))
-            op = jax.random.categorical(keys[0], jnp.where(masks.op, 0.0, -jnp.inf)).astype(jnp.int32)
-            acts = {}
-            for i, h in enumerate(HEAD_NAMES):
-                m = getattr(masks, h)
-                if h == "style":
-                    m = policy.style_mask_for_op(m, op)
-                acts[h] = op if h == "op" else jax.random.categorical(keys[i], jnp.where(m, 0.0, -jnp.inf)).astype(jnp.int32)
-            return PerHead(**acts), carry
+            return random_masked_actions(masks, key), carry
 
         return jax.lax.switch(kind_index, [by_policy(False), by_policy(True), random, wait], None)
 

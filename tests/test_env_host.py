@@ -125,8 +125,9 @@ def test_blueprint_birth_behaviour(compat):
     x = _features(16)
     out = np.asarray(_births()(x)[compat])  # [7, 2 (ADD, MULTIPLY), ...]
     identity_add = {BlueprintAction.NORM, BlueprintAction.BOTTLENECK, BlueprintAction.CONV_SMALL}
-    if compat == "fixed":
-        identity_add.add(BlueprintAction.ATTENTION)
+    if compat == "fixed":  # quirks 7 and 16: every blueprint is the identity at birth
+        identity_add |= {BlueprintAction.ATTENTION, BlueprintAction.DEPTHWISE, BlueprintAction.CONV_LIGHT,
+                         BlueprintAction.CONV_HEAVY}
     for branch, bp in enumerate(CNN_BLUEPRINTS):
         for multiply in (False, True):
             s = out[branch, int(multiply)]

@@ -181,3 +181,49 @@ def test_seeds_that_raise_accuracy_still_out_earn_wait_in_fixed_mode():
     ret, acc = res["grow_small"]
     assert np.all(acc > wait_acc + 5.0)
     assert np.all(ret > wait_return)
+
+
+# ---- seeds born as the identity (quirk 16) -------------------------------------------------------------------
+
+_RESIDUAL = (BlueprintAction.DEPTHWISE, BlueprintAction.CONV_LIGHT, BlueprintAction.CONV_HEAVY)
+
+
+@functools.cache
+def _birth_outputs_and_gradients(compat: str):
+    """Per residual blueprint at 16 channels, under ADD (False) and MULTIPLY (True) init: max |seed(x) − x| at birth
+    and the norm of the gradient of a loss on seed(x) with respect to the seed's parameters."""
+    from esper_jax.env.host.blueprints import SlotLayout
+
+    layout = SlotLayout(16, compat)
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 4, 4, 16)) + 0.5
+    weights = jax.random.normal(jax.random.PRNGKey(1), x.shape)
+
+    @jax.jit
+    def measure():
+        res = {}
+        for bp in _RESIDUAL:
+            branch = int(np.flatnonzero(np.asarray(CNN_BLUEPRINTS) == bp)[0])
+            for multiply in (False, True):
+                flat = layout.init(jax.random.PRNGKey(branch), jnp.int32(branch), jnp.asarray(multiply))
+                moved = jnp.max(jnp.abs(layout._apply_one(branch, flat, x) - x))
+                grad = jax.grad(lambda f, b=branch: jnp.sum(weights * layout._apply_one(b, f, x)))(flat)
+                res[f"{bp.name}-{int(multiply)}"] = (moved, jnp.linalg.norm(grad))
+        return res
+
+    out = {}
+    for name, (moved, grad) in jax.device_get(measure()).items():
+        bp_name, multiply = name.split("-")
+        out[BlueprintAction[bp_name], bool(int(multiply))] = (float(moved), float(grad))
+    return out
+
+
+@pytest.mark.parametrize("bp", _RESIDUAL, ids=lambda b: b.name.lower())
+def test_residual_seeds_are_the_identity_at_birth_and_still_learn_in_fixed_mode(bp):
+    """Quirk 16: a seed that is not the identity when it blends in perturbs the host; fixed starts these branches
+    at 0 (zero-scale last norm) and they must still get a gradient (unlike a zero conv behind a ReLU)."""
+    fixed = _birth_outputs_and_gradients("fixed")
+    upstream = _birth_outputs_and_gradients("upstream")
+    for multiply in (False, True):
+        moved, grad = fixed[bp, multiply]
+        assert moved == 0.0 and grad > 1e-3, (bp.name, multiply, moved, grad)
+    assert upstream[bp, False][0] > 1e-2  # upstream's branch is not 0 at birth (ADD init)

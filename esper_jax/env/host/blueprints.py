@@ -21,6 +21,13 @@ Blueprints (x: [N, H, W, C], GN = GroupNorm with ``num_groups(C)`` groups, convs
 Quirk 7 (``compat``): ``upstream`` keeps the SE gate σ(·) with b₂ = 3 and MULTIPLY's zero-init also zeroes b₂
 (gate 0.5: MULTIPLY+attention is not identity at birth); ``fixed`` uses the gate 2σ(·) with b₂ = 0, the same
 parameter count, identity at birth under every blend style.
+
+Quirk 16 (``compat``, docs/compat.md): ``upstream`` keeps the three residual branches above that are not the
+identity at birth. ``fixed`` ends each of them in its last GroupNorm with scale 0 and drops the ReLU after it —
+depthwise x + GN(pw(dw(x))), conv_light x + GN(conv(x)), conv_heavy x + GN₂(conv₂(ReLU(GN₁(conv₁(x))))) — the
+zero-γ init of residual branches: every blueprint is the identity at birth, the branch still gets a gradient
+(through the scale), and the parameter counts are unchanged. MULTIPLY's last-layer zero-init then falls on that
+scale.
 """
 
 from __future__ import annotations
@@ -68,12 +75,20 @@ class Tensor:
         return math.prod(self.shape)
 
 
-def _tensors(blueprint: BlueprintAction, c: int) -> tuple[Tensor, ...]:
+def _tensors(blueprint: BlueprintAction, c: int, compat: Compat = "upstream") -> tuple[Tensor, ...]:
     b = max(8, c // 4)
     q = max(1, c // 4)
+    zero_gamma = compat != "upstream"  # quirk 16: the branch's last norm starts at scale 0 (fixed)
 
     def gn(tag: str) -> tuple[Tensor, Tensor]:
         return Tensor(f"{tag}_scale", (c,), "ones"), Tensor(f"{tag}_bias", (c,), "zeros")
+
+    def last_gn(tag: str) -> tuple[Tensor, Tensor]:
+        # Under fixed the zero scale is what makes the branch 0 at birth, so MULTIPLY's last-layer zero-init lands
+        # on it (a no-op) instead of on the conv before it, which would leave the branch without any gradient.
+        if zero_gamma:
+            return Tensor(f"{tag}_scale", (c,), "zeros", last=True), Tensor(f"{tag}_bias", (c,), "zeros")
+        return gn(tag)
 
     table = {
         BlueprintAction.NORM: (*gn("gn"), Tensor("s", (1,), "zeros")),
@@ -84,8 +99,8 @@ def _tensors(blueprint: BlueprintAction, c: int) -> tuple[Tensor, ...]:
         ),
         BlueprintAction.DEPTHWISE: (
             Tensor("dw", (3, 3, c), "uniform", 9),
-            Tensor("pw", (1, 1, c, c), "uniform", c, last=True),
-            *gn("gn"),
+            Tensor("pw", (1, 1, c, c), "uniform", c, last=not zero_gamma),
+            *last_gn("gn"),
         ),
         BlueprintAction.BOTTLENECK: (
             Tensor("down", (1, 1, c, b), "uniform", c),
@@ -94,12 +109,12 @@ def _tensors(blueprint: BlueprintAction, c: int) -> tuple[Tensor, ...]:
             *gn("gn"),
         ),
         BlueprintAction.CONV_SMALL: (Tensor("conv", (1, 1, c, c), "zeros", c, last=True), *gn("gn")),
-        BlueprintAction.CONV_LIGHT: (Tensor("conv", (3, 3, c, c), "uniform", 9 * c, last=True), *gn("gn")),
+        BlueprintAction.CONV_LIGHT: (Tensor("conv", (3, 3, c, c), "uniform", 9 * c, last=not zero_gamma), *last_gn("gn")),
         BlueprintAction.CONV_HEAVY: (
             Tensor("conv1", (3, 3, c, c), "uniform", 9 * c),
             *gn("gn1"),
-            Tensor("conv2", (3, 3, c, c), "uniform", 9 * c, last=True),
-            *gn("gn2"),
+            Tensor("conv2", (3, 3, c, c), "uniform", 9 * c, last=not zero_gamma),
+            *last_gn("gn2"),
         ),
     }
     return table[blueprint]
@@ -115,7 +130,7 @@ class SlotLayout:
 
     @functools.cached_property
     def tensors(self) -> tuple[tuple[Tensor, ...], ...]:
-        return tuple(_tensors(bp, self.channels) for bp in CNN_BLUEPRINTS)
+        return tuple(_tensors(bp, self.channels, self.compat) for bp in CNN_BLUEPRINTS)
 
     @property
     def param_counts(self) -> np.ndarray:
@@ -205,14 +220,17 @@ class SlotLayout:
             z = relu(jnp.mean(x, axis=(1, 2)) @ p["w1"]) @ p["w2"] + p["b2"]
             gate = jax.nn.sigmoid(z) if self.compat == "upstream" else 2.0 * jax.nn.sigmoid(z)
             return x * gate[:, None, None, :]
+        # Quirk 16: under fixed the residual branches that are not 0 at birth end in their zero-scale norm, without
+        # the ReLU after it (relu'(0) = 0 would stop every gradient into a branch that starts at 0).
+        last = (lambda z: z) if self.compat != "upstream" else relu
         if bp == BlueprintAction.DEPTHWISE:
-            return x + relu(self._gn(p, "gn", conv(depthwise_conv(x, p["dw"]), p["pw"])))
+            return x + last(self._gn(p, "gn", conv(depthwise_conv(x, p["dw"]), p["pw"])))
         if bp == BlueprintAction.BOTTLENECK:
             inner = relu(conv(relu(conv(x, p["down"])), p["conv"]))
             return x + self._gn(p, "gn", conv(inner, p["up"]))
         if bp == BlueprintAction.CONV_SMALL:
             return x + relu(self._gn(p, "gn", conv(x, p["conv"])))
         if bp == BlueprintAction.CONV_LIGHT:
-            return x + relu(self._gn(p, "gn", conv(x, p["conv"])))
+            return x + last(self._gn(p, "gn", conv(x, p["conv"])))
         h = relu(self._gn(p, "gn1", conv(x, p["conv1"])))
-        return x + relu(self._gn(p, "gn2", conv(h, p["conv2"])))
+        return x + last(self._gn(p, "gn2", conv(h, p["conv2"])))
