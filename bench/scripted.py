@@ -10,6 +10,8 @@ Controllers (``CONTROLLERS``):
 * ``grow_heavy`` / ``grow_light`` / ``grow_small`` — from epoch 5 germinate conv_heavy / conv_light / conv_small
   (SIGMOID_ADD, STANDARD tempo, full alpha target) in every empty slot, ADVANCE each seed through the gates as soon
   as its gate can pass, FOSSILIZE in HOLDING: one op per epoch, on the first slot (in slot order) that has one ready.
+* ``hold_light``  — grow_light without the FOSSILIZE: every seed stays in HOLDING to the episode's end (its seeds sit at
+  alpha 1 like grow_light's fossils, so it must not out-earn grow_light).
 * ``idle``        — germinate a conv_light seed in every empty slot from epoch 5, then WAIT: seeds that never change
   the forward pass (alpha 0 in GERMINATED).
 * ``cycle``       — germinate conv_small in slot 0, PRUNE it (instant) as soon as the masks allow, repeat after the
@@ -57,6 +59,7 @@ CONTROLLERS: tuple[str, ...] = (
     "grow_heavy",
     "grow_light",
     "grow_small",
+    "hold_light",
     "idle",
     "cycle",
     "random",
@@ -159,7 +162,9 @@ def wait(memory: Memory, obs: Observation, key) -> tuple[Memory, PerHead]:
     return memory, action(LifecycleOp.WAIT)
 
 
-def grow(blueprint: BlueprintAction):
+def grow(blueprint: BlueprintAction, fossilize: bool = True):
+    """The grow controllers; ``fossilize=False`` leaves every seed in HOLDING for the rest of the episode."""
+
     def act(memory: Memory, obs: Observation, key) -> tuple[Memory, PerHead]:
         s = obs.slots
         stage = jnp.where(s.has_report, s.stage, SeedStage.DORMANT)
@@ -169,11 +174,11 @@ def grow(blueprint: BlueprintAction):
             | ((stage == SeedStage.TRAINING) & (s.epochs_in_stage >= 1))
             | ((stage == SeedStage.BLENDING) & _alpha_at_full_hold(s))
         )
-        fossilize = s.has_report & (stage == SeedStage.HOLDING) & s.has_counterfactual
+        ready_to_fossilize = s.has_report & (stage == SeedStage.HOLDING) & s.has_counterfactual & fossilize
         op_per_slot = jnp.where(
             empty, LifecycleOp.GERMINATE, jnp.where(advance, LifecycleOp.ADVANCE, LifecycleOp.FOSSILIZE)
         )
-        any_ready, slot = _first(empty | advance | fossilize)
+        any_ready, slot = _first(empty | advance | ready_to_fossilize)
         op = jnp.where(any_ready, op_per_slot[slot], LifecycleOp.WAIT)
         return memory, action(op, slot, blueprint)
 
@@ -302,6 +307,7 @@ _ACTS = {
     "grow_heavy": grow(BlueprintAction.CONV_HEAVY),
     "grow_light": grow(BlueprintAction.CONV_LIGHT),
     "grow_small": grow(BlueprintAction.CONV_SMALL),
+    "hold_light": grow(BlueprintAction.CONV_LIGHT, fossilize=False),
     "idle": idle,
     "cycle": cycle,
     "random": random_valid,

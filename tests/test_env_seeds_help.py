@@ -124,6 +124,14 @@ def test_fixed_attribution_is_bounded_by_the_gain_over_the_seedless_host():
     assert _attribution(True, ti=0.5, **kw) == pytest.approx(1.0, abs=1e-6)
 
 
+def test_fixed_keeps_attributing_a_fossil_its_measured_contribution():
+    # Upstream stops at FOSSILIZED, so a seed held in HOLDING forever out-earned the same seed fossilised.
+    kw = {"c": 2.0, "known": True, "ti": 0.5, "acc_germ": 40.0, "has_germ": True}
+    assert _attribution(False, stage=S.FOSSILIZED, **kw) == 0.0
+    assert _attribution(True, stage=S.FOSSILIZED, **kw) == pytest.approx(1.0, abs=1e-6)
+    assert _attribution(True, stage=S.FOSSILIZED, **kw) == _attribution(True, stage=S.HOLDING, **kw)
+
+
 def test_pbrs_removal_charges_the_potential_of_leaving_seeds():
     stage = jnp.asarray([S.GERMINATED, S.HOLDING, S.FOSSILIZED], jnp.int32)
     k = jnp.asarray([2, 3, 10], jnp.int32)
@@ -154,7 +162,7 @@ def _sim(compat: str, gain: float) -> EnvConfig:
 @functools.cache
 def _returns(compat: str, gain: float):
     env = make("sim", _sim(compat, gain))
-    names = ("wait",) + FARMERS
+    names = ("wait",) + FARMERS + ("grow_light", "hold_light")
     out = bench_controllers.run(env, names, EPISODES, seed=3, log=lambda *_: None)
     return {n: (np.asarray(r["return"]), np.asarray(r["final_acc"])) for n, r in out.items()}
 
@@ -181,6 +189,15 @@ def test_seeds_that_raise_accuracy_still_out_earn_wait_in_fixed_mode():
     ret, acc = res["grow_small"]
     assert np.all(acc > wait_acc + 5.0)
     assert np.all(ret > wait_return)
+
+
+def test_holding_seeds_forever_does_not_out_earn_fossilising_them_in_fixed_mode():
+    res = _returns("fixed", 5.0)
+    (grow_ret, grow_acc), (hold_ret, hold_acc) = res["grow_light"], res["hold_light"]
+    np.testing.assert_allclose(hold_acc, grow_acc, atol=1e-4)  # the same seeds at alpha 1 either way
+    assert np.all(grow_acc > res["wait"][1] + 5.0)
+    assert np.all(grow_ret > hold_ret), (grow_ret, hold_ret)
+    assert np.all(grow_ret > res["wait"][0])
 
 
 # ---- seeds born as the identity (quirk 16) -------------------------------------------------------------------

@@ -21,7 +21,8 @@ Upstream/fixed differences handled here (quirk numbers of docs/compat.md#environ
   germinate→prune loops keep the GERMINATE shaping and the PBRS climb. Fixed pays no proxy (a seed earns
   attribution only from its measured counterfactual); takes the seeds' improvement ``ti`` as the env's accuracy
   minus its ``reference_accuracy`` (the same host without seeds: the simulator's seedless curve, the host env's
-  seedless twin; ``core.py``); counts a fossil as contributing by its own counterfactual contribution; and charges
+  seedless twin; ``core.py``); counts a fossil as contributing by its own counterfactual contribution and keeps attributing it (upstream
+  stops at fossilisation, so a seed held in HOLDING forever out-earned the same seed fossilised); and charges
   −w·Φ(stage, k) on the step a seed module leaves its slot and, for every seed still there, on the episode's last
   step (``pbrs_removal``; the end of an episode is a terminal state of potential 0), closing the PBRS telescope.
 """
@@ -174,7 +175,10 @@ def seed_terms(
     if fixed_attribution:
         proxy_weight = 0.0
         proxy = jnp.zeros_like(proxy)
-    attributed = seed.present & ~fossil
+    # Upstream stops attributing a seed once it fossilises. Fixed keeps paying a fossil its measured contribution
+    # (bounded by the env's gain over the seedless reference, as for any seed): otherwise a seed kept in HOLDING
+    # forever out-earns the same seed fossilised, at the same accuracy (docs/compat.md quirk 15).
+    attributed = seed.present & (True if fixed_attribution else ~fossil)
     a = jnp.where(seed.contribution_known, known, proxy)
     a = jnp.where(attributed, a, 0.0)
     # The sign of a as float64 upstream sees it. d = sigmoid(3·ti) is > 0 in float64 for every finite ti (its
