@@ -400,7 +400,13 @@ def update(
         return jax.lax.cond(carry.stopped, skip, run, carry, indices)
 
     start = _StepCarry(params=train_state.params, opt_state=train_state.opt_state, stopped=jnp.asarray(False))
-    final, records = jax.lax.scan(body, start, order)
+    if order.shape[0] == 1:
+        # The default single step always runs (nothing has stopped before it): called straight, not through a
+        # length-1 scan and a cond, whose loop and branch boundaries XLA must copy params and Adam state across.
+        final, record = run(start, order[0])
+        records = jax.tree.map(lambda x: x[None], record)
+    else:
+        final, records = jax.lax.scan(body, start, order)
 
     evaluated = records.evaluated.astype(jnp.float32)
     applied = records.applied.astype(jnp.float32)

@@ -144,6 +144,34 @@ def test_epochs_and_minibatches_change_the_update(start):
     assert len({tuple(order[2 * e]) for e in range(3)}) > 1
 
 
+def _primitive_names(jaxpr) -> set[str]:
+    """Every primitive in a jaxpr, nested ones (scan bodies, cond branches, pjit calls) included."""
+    names = set()
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    names |= _primitive_names(inner)
+    return names
+
+
+def test_single_step_update_runs_without_a_cond(start):
+    """The default single step (1 epoch × 1 minibatch) always runs, so it is called straight: no length-1 scan with
+    a cond around it (whose branch boundary made XLA copy params and Adam state). Several steps keep the cond,
+    which skips the steps after a KL stop."""
+    state, _, traj, _ = start
+
+    def names(config):
+        jaxpr = jax.make_jaxpr(lambda s, t, k: ppo.update(s, t, k, config=config, network_config=NET))(
+            state, traj, jax.random.PRNGKey(0))
+        return _primitive_names(jaxpr.jaxpr)
+
+    assert "cond" not in names(SINGLE)
+    assert "cond" in names(LEARN)
+
+
 def test_select_minibatch_is_indexing_by_the_order(start):
     state, _, traj, _ = start
     config = dataclasses.replace(LEARN, minibatches=4)
