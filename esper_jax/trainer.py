@@ -124,23 +124,31 @@ def _interval_fn(static: Static, num_iterations: int, layout):
 
     from esper_jax import ppo, rollout
 
-    def body(carry, key):
-        train_state, runner = carry
-        k_collect, k_update = jax.random.split(key)
-        runner, traj, rm = rollout.collect(
-            static.env, train_state.params, runner, train_state.obs_stats, k_collect,
-            network_config=static.network, config=static.rollout,
-        )
-        traj = layout.constrain_trajectory(traj)
-        new_state, um = ppo.update(train_state, traj, k_update, config=static.ppo, network_config=static.network)
-        return (new_state, runner), {"rollout": rm, "update": um}
+    def run(train_state, runner, key, env_data):
+        env = static.env.bind(env_data)  # the env's data arrive as an argument, not as compiled-in constants
 
-    def run(train_state, runner, key):
+        def body(carry, key):
+            train_state, runner = carry
+            k_collect, k_update = jax.random.split(key)
+            runner, traj, rm = rollout.collect(
+                env, train_state.params, runner, train_state.obs_stats, k_collect,
+                network_config=static.network, config=static.rollout,
+            )
+            traj = layout.constrain_trajectory(traj)
+            new_state, um = ppo.update(train_state, traj, k_update, config=static.ppo, network_config=static.network)
+            return (new_state, runner), {"rollout": rm, "update": um}
+
         key, sub = jax.random.split(key)
         (train_state, runner), outs = jax.lax.scan(body, (train_state, runner), jax.random.split(sub, num_iterations))
         return train_state, runner, key, outs
 
-    return layout.jit_interval(run)
+    jitted = layout.jit_interval(run)
+    env_data = static.env.data()
+
+    def call(train_state, runner, key):
+        return jitted(train_state, runner, key, env_data)
+
+    return call
 
 
 

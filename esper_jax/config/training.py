@@ -39,7 +39,7 @@ __all__ = [
     "TrainingConfig",
 ]
 
-HOST_TASKS = ("digits",)  # tasks whose data the host env carries (esper_jax.env.make("host"))
+HOST_TASKS = ("digits", "cifar10")  # tasks with built-in data in the host env (cifar10: env.host.data_dir)
 
 # Settings a resumed run may change (dotted prefixes): the budget and what is only recorded, never traced.
 COMPATIBLE_OVERRIDES: tuple[str, ...] = ("n_episodes", "eval_episodes", "checkpoints", "telemetry")
@@ -98,7 +98,8 @@ class TrainingConfig:
     """Episodes in the whole run (one per env per iteration)."""
     n_envs: int = 4
     env_kind: Literal["sim", "host"] = "sim"
-    """sim: lifecycle simulator (cheap accuracy model); host: real CNN hosts trained with their seeds (task digits)."""
+    """sim: lifecycle simulator (cheap accuracy model); host: real CNN hosts trained with their seeds (task digits,
+    or cifar10 with --env.host.data-dir)."""
     iterations_per_interval: int = 5
     """PPO iterations inside one compiled call (one metrics.jsonl line)."""
     eval_episodes: int = 16
@@ -142,7 +143,8 @@ class TrainingConfig:
         if self.env_kind == "host" and env.task not in HOST_TASKS:
             raise ConfigError(
                 f"env.task {env.task!r} has no data in the host env (valid host tasks: {list(HOST_TASKS)}); "
-                f"set env.task 'digits' (--env.task digits, or the preset cifar10), use env_kind 'sim' for this task, "
+                f"set env.task 'digits' (--env.task digits, or the preset digits) or 'cifar10' with env.host.data_dir, "
+                f"use env_kind 'sim' for this task, "
                 f"or build the env from your own arrays (README: Host-network environment)"
             )
 
