@@ -171,3 +171,12 @@ def test_cifar10_preset_without_data_dir_is_a_clear_config_error(tmp_path, capsy
 
         c = preset("cifar10")
         trainer.build_static(replace(c, env=replace(c.env, host=replace(c.env.host, data_dir=str(tmp_path / "x")))))
+
+
+def test_cli_takes_the_data_dir_and_the_augmentation_switch(tmp_path):
+    from esper_jax.train import parse_args
+
+    args = parse_args(["cifar10", "--env.host.data-dir", str(tmp_path), "--env.host.no-augment"])
+    host = args.config.env.host
+    assert (args.preset, host.data_dir, host.augment, host.val_subset) == ("cifar10", str(tmp_path), False, 2048)
+    assert parse_args(["digits"]).config.env.task == "digits"
