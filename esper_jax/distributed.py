@@ -208,12 +208,13 @@ class Layout:
         })
 
     def jit_interval(self, run: Any) -> Any:
-        """``jax.jit`` of ``run(train_state, runner, key) -> (train_state, runner, key, metrics)`` with the
-        layout's shardings; GSPMD partitions the rest. The runner is donated: the caller replaces it with the
-        returned one, and on an accelerator its env states need not exist twice."""
+        """``jax.jit`` of ``run(train_state, runner, key, env_data) -> (train_state, runner, key, metrics)`` with
+        the layout's shardings (``env_data``, the env's dataset arrays, replicated); GSPMD partitions the rest. The
+        runner is donated: the caller replaces it with the returned one, and on an accelerator its env states need
+        not exist twice."""
         return jax.jit(
             run,
-            in_shardings=(self.replicated, self.runner(), self.replicated),
+            in_shardings=(self.replicated, self.runner(), self.replicated, self.replicated),
             out_shardings=(self.replicated, self.runner(), self.replicated, self.replicated),
             donate_argnums=(1,),
         )

@@ -26,7 +26,7 @@ def _eval_fn(static: Static, num_envs: int, num_steps: int, compat: str):
     from esper_jax.contracts import HEAD_NAMES, PerHead
     from esper_jax.random_policy import random_masked_actions
 
-    env, net = static.env, static.network
+    net = static.network
 
     kinds = ("sampled", "greedy", "random", "wait")
 
@@ -52,7 +52,8 @@ def _eval_fn(static: Static, num_envs: int, num_steps: int, compat: str):
 
         return jax.lax.switch(kind_index, [by_policy(False), by_policy(True), random, wait], None)
 
-    def run(kind, params, obs_stats, key):
+    def run(kind, params, obs_stats, key, env_data):
+        env = static.env.bind(env_data)  # the env's data as an argument, not compiled-in constants
         k_reset, k_steps = jax.random.split(key)
         env_keys = jax.random.split(k_reset, num_envs)
         state, obs = jax.vmap(env.reset)(env_keys)
@@ -94,7 +95,9 @@ def evaluate_baselines(cfg: TrainingConfig, static: Static, train_state, seed: i
     key = jax.random.PRNGKey(10_000_019 + (cfg.seed if seed is None else seed))
     result: dict[str, Any] = {}
     for index, kind in enumerate(kinds):
-        ret, comp, outcomes = fn(jnp.asarray(index, jnp.int32), train_state.params, train_state.obs_stats, key)
+        ret, comp, outcomes = fn(
+            jnp.asarray(index, jnp.int32), train_state.params, train_state.obs_stats, key, static.env.data()
+        )
         ret = np.asarray(ret)
         result[kind] = {
             "mean_return": float(ret.mean()),

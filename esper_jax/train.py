@@ -44,7 +44,8 @@ class Args:
     """Train the Esper seed-slot controller (Tamiyo policy, Simic PPO) in JAX.
 
     Config resolution: preset (or the run dir of --resume) → --config FILE.json → the flags below.
-    Envs: --env-kind sim (lifecycle simulator; the default), host (real CNN hosts trained on digits with their seeds).
+    Envs: --env-kind sim (lifecycle simulator; the default), host (real CNN hosts trained with their seeds: task
+    digits, or cifar10 from local files with --env.host.data-dir DIR).
     Values two parts share are stored in each and must agree; --compat and --episode-length set every copy."""
 
     train: Preset = Preset("default", PRESETS["default"])

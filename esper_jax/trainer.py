@@ -120,28 +120,41 @@ def strong_types(tree: Any) -> Any:
 
 
 @functools.cache
-def _interval_fn(static: Static, num_iterations: int, layout):
+def _interval_jit(static: Static, num_iterations: int, layout):
+    """``(jitted, env_data)``: the jitted ``run(train_state, runner, key, env_data)`` and the env's data arrays."""
     import jax
 
     from esper_jax import ppo, rollout
 
-    def body(carry, key):
-        train_state, runner = carry
-        k_collect, k_update = jax.random.split(key)
-        runner, traj, rm = rollout.collect(
-            static.env, train_state.params, runner, train_state.obs_stats, k_collect,
-            network_config=static.network, config=static.rollout,
-        )
-        traj = layout.constrain_trajectory(traj)
-        new_state, um = ppo.update(train_state, traj, k_update, config=static.ppo, network_config=static.network)
-        return (new_state, runner), {"rollout": rm, "update": um}
+    def run(train_state, runner, key, env_data):
+        env = static.env.bind(env_data)  # the env's data arrive as an argument, not as compiled-in constants
 
-    def run(train_state, runner, key):
+        def body(carry, key):
+            train_state, runner = carry
+            k_collect, k_update = jax.random.split(key)
+            runner, traj, rm = rollout.collect(
+                env, train_state.params, runner, train_state.obs_stats, k_collect,
+                network_config=static.network, config=static.rollout,
+            )
+            traj = layout.constrain_trajectory(traj)
+            new_state, um = ppo.update(train_state, traj, k_update, config=static.ppo, network_config=static.network)
+            return (new_state, runner), {"rollout": rm, "update": um}
+
         key, sub = jax.random.split(key)
         (train_state, runner), outs = jax.lax.scan(body, (train_state, runner), jax.random.split(sub, num_iterations))
         return train_state, runner, key, outs
 
-    return layout.jit_interval(run)
+    return layout.jit_interval(run), static.env.data()
+
+
+def _interval_fn(static: Static, num_iterations: int, layout):
+    """The interval as ``call(train_state, runner, key)``, the env's data supplied as the jitted argument."""
+    jitted, env_data = _interval_jit(static, num_iterations, layout)
+
+    def call(train_state, runner, key):
+        return jitted(train_state, runner, key, env_data)
+
+    return call
 
 
 def _compiled_interval(static: Static, num_iterations: int, layout, state: TrainerState) -> tuple[Any, float]:
@@ -149,8 +162,13 @@ def _compiled_interval(static: Static, num_iterations: int, layout, state: Train
     lowering, XLA compile, or loading it from the persistent cache): the run's compile time, recorded apart from
     the intervals' wall time so a record's env-steps/s is the compiled program's own rate."""
     started = time.perf_counter()
-    compiled = _interval_fn(static, num_iterations, layout).lower(state.train, state.runner, state.key).compile()
-    return compiled, time.perf_counter() - started
+    jitted, env_data = _interval_jit(static, num_iterations, layout)
+    compiled = jitted.lower(state.train, state.runner, state.key, env_data).compile()
+
+    def call(train_state, runner, key):
+        return compiled(train_state, runner, key, env_data)
+
+    return call, time.perf_counter() - started
 
 
 

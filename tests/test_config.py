@@ -91,7 +91,9 @@ def test_inert_fields_only_in_the_upstream_reader():
 def test_presets_keep_upstream_hyperparameters():
     assert PRESETS["default"] == TrainingConfig()
     c = preset("cifar10")
-    assert (c.ppo.entropy_coef, c.env_kind, c.env.task) == (0.1, "host", "digits")
+    assert (c.ppo.entropy_coef, c.env_kind, c.env.task) == (0.1, "host", "cifar10")
+    assert (preset("digits").ppo.entropy_coef, preset("digits").env_kind, preset("digits").env.task) == (
+        0.1, "host", "digits")
     assert (PRESETS["default"].env_kind, PRESETS["default"].env.task) == ("sim", "cifar10")
     assert from_flat_dict({"env": "host"}).env.task == "digits"
     d = preset("cifar10-deep")
@@ -221,7 +223,7 @@ def test_json_keys_override_a_base():
     cfg = load_dict({"n_envs": 2}, base=preset("cifar10"))
     assert (cfg.n_envs, cfg.ppo.entropy_coef) == (2, 0.1)
     cfg = load_dict({"ppo": {"clip_ratio": 0.3}}, base=preset("cifar10"))
-    assert (cfg.ppo.clip_ratio, cfg.ppo.entropy_coef, cfg.env.task) == (0.3, 0.1, "digits")
+    assert (cfg.ppo.clip_ratio, cfg.ppo.entropy_coef, cfg.env.task) == (0.3, 0.1, "cifar10")
     with pytest.raises(ConfigError, match="flat"):
         load_dict({"lr": 1e-3}, base=preset("cifar10"))
 
@@ -293,22 +295,23 @@ def test_cli_bad_config_file_starts_nothing(tmp_path, capsys):
 
 
 def test_host_env_refuses_a_task_without_data(tmp_path, capsys):
-    with pytest.raises(ConfigError, match="cifar10.*valid host tasks.*digits"):
-        TrainingConfig(env_kind="host")
+    with pytest.raises(ConfigError, match="cifar10_deep.*valid host tasks.*digits"):
+        TrainingConfig(env_kind="host", env=dataclasses.replace(TrainingConfig().env, task="cifar10_deep"))
     assert TrainingConfig().env.task == "cifar10"
     from esper_jax.train import main
 
-    out = tmp_path / "run"
+    out = tmp_path / "run"  # cifar10 has data only from local files: without --env.host.data-dir, an error line
     assert main(["--env-kind", "host", "--env.task", "cifar10", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "digits" in err and "sim" in err
+    assert "--env.host.data-dir" in err and "cifar-10-python.tar.gz" in err
     assert not out.exists()
 
 
 def test_host_fields_reach_the_host_env_config():
     env = from_flat_dict({"env": "host", "batch_size_per_env": 32, "max_grad_norm": 0.5}).env
     assert (env.task, env.host.batch_size, env.host.max_grad_norm, env.host_batch_size) == ("digits", 32, 0.5, 32)
-    assert preset("cifar10").env.host_batch_size == 16  # the digits task's minibatch
+    assert preset("digits").env.host_batch_size == 16  # the digits task's minibatch
+    assert preset("cifar10").env.host_batch_size == 512  # upstream's per-env batch on cifar10
 
 
 def test_cli_help_documents_everything(capsys):

@@ -80,8 +80,10 @@ def test_bad_configs_and_data_are_rejected_with_the_field_named():
         HostConfig(host_momentum=1.0)
     with pytest.raises(TypeError, match="EnvConfig.host"):
         EnvConfig(host={"minibatches_per_step": 2})
-    with pytest.raises(ValueError, match="needs dataset"):
+    with pytest.raises(ValueError, match="data_dir"):
         make("host", EnvConfig(task="cifar10"))
+    with pytest.raises(ValueError, match="needs dataset"):
+        make("host", EnvConfig.create(2, task="cifar10_blind"))
     grey = from_arrays(np.zeros((8, 32, 32, 1), np.float32), np.zeros(8, int), np.zeros((4, 32, 32, 1), np.float32),
                        np.zeros(4, int))
     with pytest.raises(ValueError, match="3-channel"):

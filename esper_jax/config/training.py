@@ -39,8 +39,8 @@ __all__ = [
     "TrainingConfig",
 ]
 
-HOST_TASKS = ("digits", "tinystories", "tinystories_small")  # tasks whose data the host env carries (make("host");
-# the transformer tasks read env.lm: the embedded corpus or a token file)
+HOST_TASKS = ("digits", "cifar10", "tinystories", "tinystories_small")  # tasks whose data the host env carries
+# (make("host"); cifar10 reads env.host.data_dir; the transformer tasks read env.lm: the embedded corpus or a token file)
 
 # Settings a resumed run may change (dotted prefixes): the budget and what is only recorded, never traced.
 COMPATIBLE_OVERRIDES: tuple[str, ...] = ("n_episodes", "eval_episodes", "checkpoints", "telemetry")
@@ -100,7 +100,7 @@ class TrainingConfig:
     n_envs: int = 4
     env_kind: Literal["sim", "host"] = "sim"
     """sim: lifecycle simulator (cheap accuracy model); host: real hosts trained with their seeds (CNNs on task
-    digits, transformers on tinystories / tinystories_small)."""
+    digits, or cifar10 with --env.host.data-dir; transformers on tinystories / tinystories_small)."""
     iterations_per_interval: int = 5
     """PPO iterations inside one compiled call (one metrics.jsonl line)."""
     eval_episodes: int = 16
@@ -144,7 +144,8 @@ class TrainingConfig:
         if self.env_kind == "host" and env.task not in HOST_TASKS:
             raise ConfigError(
                 f"env.task {env.task!r} has no data in the host env (valid host tasks: {list(HOST_TASKS)}); "
-                f"set env.task 'digits' (--env.task digits, or the preset cifar10), use env_kind 'sim' for this task, "
+                f"set env.task 'digits' (--env.task digits, or the preset digits) or 'cifar10' with env.host.data_dir, "
+                f"use env_kind 'sim' for this task, "
                 f"or build the env from your own arrays (README: Host-network environment)"
             )
 

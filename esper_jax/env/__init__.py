@@ -5,8 +5,9 @@ everything that needs real training (docs/environment.md#oracles).
 ``step(state, actions: PerHead[int32 scalar], key) -> StepOutput`` for ONE env (``esper_jax.env.interface.Environment``);
 vmap over envs, scan over time. Available names: ``"sim"`` (the simulator oracle) and ``"host"`` (real host
 CNNs trained with their seeds on device: ``make("host")`` trains on scikit-learn's digits with the ``digits``
-task; any other CNN task takes ``dataset=esper_jax.env.host.from_arrays(...)``; transformer tasks, ``tinystories``
-and ``tinystories_small``, train a language-model host on the tokens ``config.lm`` names, the embedded corpus by
+task; ``cifar10`` reads CIFAR-10's local files from ``EnvConfig.host.data_dir``; any other CNN task takes
+``dataset=esper_jax.env.host.from_arrays(...)`` or ``from_uint8(...)``; transformer tasks, ``tinystories`` and
+``tinystories_small``, train a language-model host on the tokens ``config.lm`` names, the embedded corpus by
 default). Both share the exact lifecycle, signals and reward; only the oracle differs.
 
 Modules: ``interface`` (``Environment`` protocol, ``StepOutput``), ``config`` (EnvConfig), ``alpha`` (controller and curves), ``slots`` (per-slot seed state), ``lifecycle``
@@ -68,9 +69,10 @@ def make(name: str, config: EnvConfig | None = None, dataset=None) -> EsperEnv:
     """Build an environment by name: ``"sim"`` (simulator oracle) or ``"host"`` (host-network oracle).
 
     ``"host"`` without a config uses ``EnvConfig(task="digits")``; with the ``digits`` task and no ``dataset`` it
-    loads scikit-learn's digits. Other CNN tasks need ``dataset`` (an ``esper_jax.env.host.Dataset``, e.g. from
-    ``from_arrays``). Transformer tasks read their tokens from ``config.lm`` unless ``dataset`` is a
-    ``host.tokens.TokenData``. Raises ValueError for unknown names and for data the task cannot take.
+    loads scikit-learn's digits, with ``cifar10`` CIFAR-10 from ``config.host.data_dir``. Other CNN tasks need
+    ``dataset`` (an ``esper_jax.env.host.Dataset``, e.g. from ``from_arrays``). Transformer tasks read their tokens
+    from ``config.lm`` unless ``dataset`` is a ``host.tokens.TokenData``. Raises ValueError for unknown names and
+    for data the task cannot take.
     """
     if name not in ENV_NAMES:
         raise ValueError(f"unknown environment {name!r}; available: {ENV_NAMES}")
@@ -90,13 +92,28 @@ def make(name: str, config: EnvConfig | None = None, dataset=None) -> EsperEnv:
         dataset = tokens.for_config(config) if dataset is None else dataset
         return EsperEnv(config=config, oracle=lm_oracle.LMOracle.from_config(config, dataset))
     if dataset is None:
-        if config.task != HOST_DEFAULT_TASK:
-            raise ValueError(
-                f"the 'host' environment on task {config.task!r} needs dataset=esper_jax.env.host.from_arrays(...); "
-                f"only task {HOST_DEFAULT_TASK!r} has built-in data"
-            )
-        dataset = _digits()
+        dataset = _builtin_dataset(config)
     return EsperEnv(config=config, oracle=host.HostOracle.from_config(config, dataset))
+
+
+def _builtin_dataset(config: EnvConfig):
+    """The data a host task reads without ``dataset``: digits (in the scikit-learn wheel), or CIFAR-10 from the
+    local files at ``config.host.data_dir`` (nothing is downloaded)."""
+    from esper_jax.env.host import cifar_files
+
+    if config.task == HOST_DEFAULT_TASK:
+        return _digits()
+    if config.task == "cifar10":
+        if config.host.data_dir is None:
+            raise ValueError(
+                "the 'host' environment on task 'cifar10' reads CIFAR-10 from local files: set "
+                f"EnvConfig.host.data_dir (--env.host.data-dir DIR); {cifar_files.HOW_TO_GET}"
+            )
+        return _cifar10(config.host.data_dir)
+    raise ValueError(
+        f"the 'host' environment on task {config.task!r} needs dataset=esper_jax.env.host.from_arrays(...); "
+        f"built-in data: {HOST_DEFAULT_TASK!r} (scikit-learn's digits), 'cifar10' (EnvConfig.host.data_dir)"
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -104,3 +121,10 @@ def _digits():
     from esper_jax.env.host import load_digits
 
     return load_digits()
+
+
+@functools.lru_cache(maxsize=2)
+def _cifar10(path: str):
+    from esper_jax.env.host import load_cifar10
+
+    return load_cifar10(path)

@@ -256,8 +256,19 @@ class HostConfig:
     max_grad_norm: float = 1.0  # clipping per group: the host, and each slot's seed
     gradient_stride: int = 10  # gradient statistics sampled on minibatches 0, stride, 2·stride, … (last kept)
     norm_eps: float = 1e-5
+    data_dir: str | None = None  # cifar10: the cifar-10-batches-py folder, its parent, or cifar-10-python.tar.gz
+    augment: bool = False  # random crop (4-px zero padding) + horizontal flip of training images, as upstream's loader
+    val_subset: int | None = None  # validate on this many images per env (a fixed per-env window); None: all
 
     def __post_init__(self) -> None:
+        if self.val_subset is not None and (
+            isinstance(self.val_subset, bool) or not isinstance(self.val_subset, (int, np.integer)) or self.val_subset < 1
+        ):
+            raise ValueError(f"HostConfig.val_subset must be None (all) or an integer >= 1, got {self.val_subset!r}")
+        if not isinstance(self.augment, (bool, np.bool_)):
+            raise ValueError(f"HostConfig.augment must be a bool, got {self.augment!r}")
+        if self.data_dir is not None and (not isinstance(self.data_dir, str) or not self.data_dir):
+            raise ValueError(f"HostConfig.data_dir must be None or a non-empty path string, got {self.data_dir!r}")
         for name, minimum in (("minibatches_per_step", 1), ("gradient_stride", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:

@@ -91,6 +91,16 @@ class EsperEnv:
     def num_slots(self) -> int:
         return self.config.num_slots
 
+    def data(self) -> Any:
+        """The arrays the oracle reads (a pytree of device arrays; None for the simulator). Compiled code should
+        take them as an argument and ``bind`` them, so that a large dataset is not baked in as constants."""
+        device_data = getattr(self.oracle, "device_data", None)
+        return None if device_data is None else device_data()
+
+    def bind(self, data: Any) -> EsperEnv:
+        """This env reading ``data`` (``self.data()``, possibly traced) instead of its constants."""
+        return self if data is None else dataclasses.replace(self, oracle=self.oracle.bind(data))
+
     # ---- parts ---------------------------------------------------------------------------------------------
 
     def seed_params(self, slots: lifecycle.Slots) -> jnp.ndarray:

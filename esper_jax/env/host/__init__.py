@@ -1,7 +1,8 @@
 """The host-network oracle of the Esper environment (docs/environment.md#interface, #blueprints, #blending,
 #counterfactual-validation, #signals-and-observation, #oracles).
 
-Modules: ``data`` (digits loader, ``from_arrays`` for any other image set), ``cnn`` (the host CNN and shared
+Modules: ``data`` (digits and CIFAR-10 loaders, ``from_arrays``/``from_uint8`` for any other image set),
+``cifar_files`` (CIFAR-10's official pickle files), ``augment`` (random crop + flip on device), ``cnn`` (the host CNN and shared
 layers), ``blueprints`` (the 7 CNN seeds over a per-slot parameter union), ``blend`` (ADD / MULTIPLY / GATE and the
 gate network), ``oracle`` (``HostOracle``: training, fused validation, gradient statistics).
 
@@ -10,7 +11,11 @@ the sequence gate, blending without isolation), ``tokens`` (embedded corpus and 
 (``LMOracle``).
 """
 
-from esper_jax.env.host.data import Dataset, from_arrays, load_digits
+from esper_jax.env.host.cifar_files import CifarFilesError
+from esper_jax.env.host.data import Dataset, DeviceData, from_arrays, from_uint8, load_cifar10, load_digits
 from esper_jax.env.host.oracle import HostOracle, HostState
 
-__all__ = ["Dataset", "HostOracle", "HostState", "from_arrays", "load_digits"]
+__all__ = [
+    "CifarFilesError", "Dataset", "DeviceData", "HostOracle", "HostState", "from_arrays", "from_uint8",
+    "load_cifar10", "load_digits",
+]

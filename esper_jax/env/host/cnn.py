@@ -6,20 +6,23 @@ statistics only (no running statistics, so the env state stays small; docs/envir
 normalises with the validation batch's own statistics. One injection point per block, after its pooling (slot
 ``r0c{i}``).
 
-Convolutions are written as shifted views times a matmul: under ``vmap`` over envs (every env has its own
-weights) that is a batched matmul, which XLA runs well on CPU and accelerators alike, where a batched convolution
-becomes a grouped convolution.
+Convolutions are matmuls (``conv``): under ``vmap`` over envs (every env has its own weights) a batched matmul,
+which XLA runs well on CPU and accelerators alike, where a batched convolution becomes a grouped convolution.
+Small maps multiply by the dense conv matrix, larger ones by shifted views (im2col).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+
+DENSE_MAX_ELEMENTS = 1 << 17  # largest dense conv matrix (H·W·C_in × H·W·C_out entries) ``conv`` builds
 
 
 def patches(x: jnp.ndarray, kernel_size: int) -> jnp.ndarray:
@@ -33,23 +36,78 @@ def patches(x: jnp.ndarray, kernel_size: int) -> jnp.ndarray:
     return jnp.stack(views, axis=3)
 
 
-def conv(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
-    """'same' convolution without bias; kernel [k, k, C_in, C_out]."""
+def conv_im2col(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+    """Reference 'same' convolution (stacked shifted views times a matmul); ``conv`` equals it up to rounding."""
     k = kernel.shape[0]
     return jnp.einsum("nhwpc,pcd->nhwd", patches(x, k), kernel.reshape(k * k, kernel.shape[2], kernel.shape[3]))
 
 
+@functools.cache
+def _tap_map(h: int, w: int, k: int) -> np.ndarray:
+    """float32 [H·W, H·W, k·k]: 1 where input pixel p feeds output pixel q through tap t of a 'same' k×k conv."""
+    pad = k // 2
+    taps = np.zeros((h * w, h * w, k * k), np.float32)
+    for y in range(h):
+        for x in range(w):
+            for dy in range(k):
+                for dx in range(k):
+                    iy, ix = y + dy - pad, x + dx - pad
+                    if 0 <= iy < h and 0 <= ix < w:
+                        taps[iy * w + ix, y * w + x, dy * k + dx] = 1.0
+    return taps
+
+
+def dense_conv_matrix(kernel: jnp.ndarray, h: int, w: int) -> jnp.ndarray:
+    """[H·W·C_in, H·W·C_out]: the 'same' convolution with ``kernel`` [k, k, C_in, C_out] on an H×W map, as one
+    matrix (rows and columns pixel-major, channels minor: an NHWC map flattened per image)."""
+    k, _, c_in, c_out = kernel.shape
+    dense = jnp.einsum("pqt,tcd->pcqd", jnp.asarray(_tap_map(h, w, k)), kernel.reshape(k * k, c_in, c_out))
+    return dense.reshape(h * w * c_in, h * w * c_out)
+
+
+def _dense_fits(h: int, w: int, c_in: int, c_out: int) -> bool:
+    return (h * w) ** 2 * c_in * c_out <= DENSE_MAX_ELEMENTS
+
+
+def conv(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+    """'same' convolution without bias; kernel [k, k, C_in, C_out].
+
+    Three forms, picked by static shape, equal to ``conv_im2col`` up to float rounding: 1×1 is a matmul over
+    channels; a small map (dense conv matrix of at most ``DENSE_MAX_ELEMENTS``: every slot and host block on
+    digits) is one matmul by the [H·W·C_in, H·W·C_out] conv matrix; a larger map is
+    im2col. Why: on CPU under vmap over envs, im2col's stacked copies cost more than the matmul itself at 2×2 and
+    4×4 (where 5/9 of a 3×3 kernel's taps read padding anyway), and XLA's convolution becomes a grouped
+    convolution that is slower than im2col at every size measured (bench/results/host-speed-*)."""
+    k = kernel.shape[0]
+    n, h, w, c = x.shape
+    if k == 1:
+        return jnp.einsum("nhwc,cd->nhwd", x, kernel[0, 0])
+    if _dense_fits(h, w, c, kernel.shape[3]):
+        return (x.reshape(n, h * w * c) @ dense_conv_matrix(kernel, h, w)).reshape(n, h, w, kernel.shape[3])
+    return conv_im2col(x, kernel)
+
+
 def depthwise_conv(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
     """'same' depthwise 3×3 convolution without bias; kernel [3, 3, C]."""
-    return jnp.einsum("nhwpc,pc->nhwc", patches(x, 3), kernel.reshape(9, kernel.shape[-1]))
+    n, h, w, c = x.shape
+    if _dense_fits(h, w, c, c):  # the diagonal [3, 3, C, C] kernel as a dense conv matrix
+        return conv(x, kernel[:, :, :, None] * jnp.eye(c, dtype=kernel.dtype))
+    return jnp.einsum("nhwpc,pc->nhwc", patches(x, 3), kernel.reshape(9, c))
 
 
 def group_norm(x: jnp.ndarray, groups: int, scale: jnp.ndarray, bias: jnp.ndarray, eps: float) -> jnp.ndarray:
+    """GroupNorm (biased variance). Statistics reduce the pixels first, then the group's channels: two short
+    reductions over a contiguous layout, instead of one over interleaved axes that XLA's CPU backend runs slowly."""
     n, h, w, c = x.shape
-    g = x.reshape(n, h, w, groups, c // groups)
-    mean = jnp.mean(g, axis=(1, 2, 4), keepdims=True)
-    var = jnp.mean(jnp.square(g - mean), axis=(1, 2, 4), keepdims=True)
-    return ((g - mean) * jax.lax.rsqrt(var + eps)).reshape(n, h, w, c) * scale + bias
+    size = h * w * (c // groups)
+
+    def group_mean(v: jnp.ndarray) -> jnp.ndarray:  # [N, H, W, C] → [N, 1, 1, C]: the mean of each channel's group
+        per_group = jnp.sum(jnp.sum(v, axis=(1, 2)).reshape(n, groups, c // groups), axis=-1) / size
+        return jnp.repeat(per_group, c // groups, axis=1)[:, None, None, :]
+
+    centred = x - group_mean(x)
+    inv = jax.lax.rsqrt(group_mean(jnp.square(centred)) + eps)
+    return centred * (inv * scale) + bias
 
 
 def batch_norm(x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray, eps: float) -> jnp.ndarray:
@@ -60,8 +118,11 @@ def batch_norm(x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray, eps: float
 
 
 def max_pool(x: jnp.ndarray) -> jnp.ndarray:
-    n, h, w, c = x.shape
-    return jnp.max(x.reshape(n, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+    """2×2 max-pool, stride 2: the maximum of four strided views (elementwise, so XLA fuses it; a reduce over
+    the reshaped window axes is a slow strided reduction on CPU). Same values as the windowed max."""
+    return jnp.maximum(
+        jnp.maximum(x[:, 0::2, 0::2], x[:, 0::2, 1::2]), jnp.maximum(x[:, 1::2, 0::2], x[:, 1::2, 1::2])
+    )
 
 
 def torch_uniform_bound(fan_in: int) -> float:

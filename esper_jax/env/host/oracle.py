@@ -39,9 +39,10 @@ from esper_jax.contracts import AlphaAlgorithm, SeedStage
 from esper_jax.env import signals
 from esper_jax.env.config import EnvConfig, HostConfig
 from esper_jax.env.host import cnn
+from esper_jax.env.host.augment import augment
 from esper_jax.env.host.blend import GateLayout, blend
 from esper_jax.env.host.blueprints import BRANCH_OF_BLUEPRINT, SlotLayout
-from esper_jax.env.host.data import Dataset
+from esper_jax.env.host.data import Dataset, DeviceData
 from esper_jax.env.oracle import EXPLODING_NORM, VANISHING_NORM, ConfigLayout, Measurement, SlotView
 
 _BLENDED_STAGES = (SeedStage.BLENDING, SeedStage.HOLDING, SeedStage.FOSSILIZED)
@@ -74,6 +75,8 @@ class HostState:
     # minibatches without any seed, whose validation accuracy is the reward's reference (docs/compat.md, quirk 15).
     twin: cnn.HostParams | None = None
     twin_momentum: cnn.HostParams | None = None
+    # ``HostConfig.val_subset`` only (None otherwise): the first validation image of this env's fixed window.
+    val_start: jnp.ndarray | None = None
 
 
 @struct.dataclass
@@ -127,6 +130,9 @@ class HostOracle:
     compat: str
     layout: ConfigLayout  # the env's fused-validation rows
     data: Dataset
+    # The dataset's arrays as compiled code received them (``bind``); None: the dataset's device arrays, which a
+    # jitted caller then closes over as constants. Not part of the oracle's identity.
+    bound: DeviceData | None = dataclasses.field(default=None, compare=False, hash=False, repr=False)
 
     @classmethod
     def from_config(cls, cfg: EnvConfig, data: Dataset) -> HostOracle:
@@ -145,6 +151,12 @@ class HostOracle:
             )
         if data.num_classes != task.num_classes:
             raise ValueError(f"task {cfg.task!r} has {task.num_classes} classes, the dataset {data.num_classes}")
+        if cfg.host.val_subset is not None and cfg.host.val_subset > data.num_val:
+            raise ValueError(
+                f"HostConfig.val_subset ({cfg.host.val_subset}) exceeds the {data.num_val} validation images"
+            )
+        if cfg.host.augment and (h < 8 or w < 8):
+            raise ValueError(f"HostConfig.augment (4-px random crop) needs images of at least 8×8, got {(h, w)}")
         batch = cfg.host_batch_size
         if cfg.host.minibatches_per_step * batch > data.num_train:
             raise ValueError(
@@ -174,6 +186,33 @@ class HostOracle:
     @property
     def num_slots(self) -> int:
         return len(self.layouts)
+
+    # ---- data ----------------------------------------------------------------------------------------------
+
+    def device_data(self) -> DeviceData:
+        return self.data.device_arrays()
+
+    def bind(self, arrays: DeviceData) -> HostOracle:
+        """This oracle reading ``arrays`` (e.g. arguments of a compiled function) instead of constants."""
+        return dataclasses.replace(self, bound=arrays)
+
+    @property
+    def arrays(self) -> DeviceData:
+        return self.device_data() if self.bound is None else self.bound
+
+    def _train_batch(self, idx: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
+        """The host's float images of training minibatch ``idx`` (augmented when ``HostConfig.augment``)."""
+        images = self.arrays.train_images[idx]
+        if self.host.augment:
+            images = augment(images, key)
+        return self.data.normalise(images)
+
+    def _val_batch(self, state: HostState) -> tuple[jnp.ndarray, jnp.ndarray]:
+        arrays = self.arrays
+        if state.val_start is None:
+            return self.data.normalise(arrays.val_images), arrays.val_labels
+        idx = (state.val_start + jnp.arange(self.host.val_subset)) % self.data.num_val
+        return self.data.normalise(arrays.val_images[idx]), arrays.val_labels[idx]
 
     # ---- the network with its slots ------------------------------------------------------------------------
 
@@ -229,6 +268,8 @@ class HostOracle:
             gate_live=jnp.zeros((s,), jnp.bool_),
             twin=host if self.has_twin else None,
             twin_momentum=jax.tree.map(jnp.zeros_like, host) if self.has_twin else None,
+            val_start=None if self.host.val_subset is None else jax.random.randint(
+                jax.random.fold_in(key, 1), (), 0, self.data.num_val, jnp.int32),
         )
 
     @property
@@ -302,10 +343,12 @@ class HostOracle:
         sampled = (
             view.has_module & ((view.stage == SeedStage.TRAINING) | (view.stage == SeedStage.BLENDING)) & ~view.frozen
         )
-        images = jnp.asarray(self.data.train_images)
-        labels = jnp.asarray(self.data.train_labels)
+        labels = self.arrays.train_labels
         m, b = hc.minibatches_per_step, self.batch_size
         batches = jax.random.permutation(key, self.data.num_train)[: m * b].reshape(m, b)
+        # Augmentation keys are folded from the step's key, so the permutation (and every result without
+        # augmentation) is what it was before augmentation existed.
+        aug_keys = jax.random.split(jax.random.fold_in(key, 1), m)
 
         def loss_fn(trainable, x, y):
             host, slots = trainable
@@ -326,8 +369,9 @@ class HostOracle:
 
         def body(carry, inputs):
             st, stats = carry
-            index, idx = inputs
-            grads = jax.grad(loss_fn)((st.host, st.slots), images[idx], labels[idx])
+            index, idx, aug_key = inputs
+            x, y = self._train_batch(idx, aug_key), labels[idx]
+            grads = jax.grad(loss_fn)((st.host, st.slots), x, y)
             host_g, slot_g = grads
             fresh = self._gradient_stats(host_g, tuple(g.seed for g in slot_g), ctrl, sampled)
             take = index % hc.gradient_stride == 0
@@ -335,7 +379,7 @@ class HostOracle:
 
             host, host_m = host_sgd(st.host, st.host_momentum, host_g)
             if self.has_twin:
-                twin_g = jax.grad(twin_loss)(st.twin, images[idx], labels[idx])
+                twin_g = jax.grad(twin_loss)(st.twin, x, y)
                 twin, twin_m = host_sgd(st.twin, st.twin_momentum, twin_g)
                 st = st.replace(twin=twin, twin_momentum=twin_m)
 
@@ -353,7 +397,7 @@ class HostOracle:
         zeros = jnp.zeros((self.num_slots,), jnp.float32)
         no_flags = jnp.zeros((self.num_slots,), jnp.bool_)
         empty = GradientStats(norm=zeros, health=zeros + 1.0, vanishing=no_flags, exploding=no_flags, ratio=zeros)
-        (state, stats), _ = jax.lax.scan(body, (state, empty), (jnp.arange(m), batches))
+        (state, stats), _ = jax.lax.scan(body, (state, empty), (jnp.arange(m), batches, aug_keys))
         return state, stats
 
     def validate(self, state: HostState, view: SlotView, configs: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -365,15 +409,15 @@ class HostOracle:
         j (1, 2, 4 for three slots, against K = 8 or 11 rows) — and every seed runs once per variant. Equal to
         ``validate_rows`` (one full forward per row) up to float rounding.
         """
-        logits = self._fused_logits(state, view, configs, jnp.asarray(self.data.val_images))
-        return self._scores(logits, jnp.asarray(self.data.val_labels))
+        images, labels = self._val_batch(state)
+        return self._scores(self._fused_logits(state, view, configs, images), labels)
 
     def validate_rows(self, state: HostState, view: SlotView, configs: jnp.ndarray):
         """Reference for ``validate``: one vmapped full forward per alpha row (any rows, no layout assumed)."""
-        images = jnp.asarray(self.data.val_images)
+        images, labels = self._val_batch(state)
         base = self.control(view).replace(straight_through=jnp.zeros_like(view.has_module))
         logits = jax.vmap(lambda a: self.forward(state.host, state.slots, base.replace(alpha=a), images))(configs)
-        return self._scores(logits, jnp.asarray(self.data.val_labels))
+        return self._scores(logits, labels)
 
     @staticmethod
     def _scores(logits: jnp.ndarray, labels: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -430,8 +474,8 @@ class HostOracle:
         state, stats = self._train(state, view, k_train)
         acc, loss = self.validate(state, view, configs)
         if self.has_twin:
-            twin_logits = self.host_only(state.twin, jnp.asarray(self.data.val_images))[None]
-            reference = self._scores(twin_logits, jnp.asarray(self.data.val_labels))[0][0]
+            images, labels = self._val_batch(state)
+            reference = self._scores(self.host_only(state.twin, images)[None], labels)[0][0]
         else:
             reference = acc[0]
         return state, Measurement(
@@ -444,3 +488,4 @@ class HostOracle:
             gradient_ratio=stats.ratio,
             reference_accuracy=reference,
         )
+
