@@ -403,7 +403,17 @@ def test_vmapped_envs_with_the_same_key_equal_a_single_env():
         state = vstep(state, batch_actions, jnp.stack([k, k])).state
     single = jax.tree.map(lambda x: np.asarray(x), states[steps])
     first = jax.tree.map(lambda x: np.asarray(x)[0], state)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), first, single)
+    # Lifecycle state must match exactly. Floats to rounding: the host CNN's small-map convolutions are one matmul
+    # by a conv matrix, batched under vmap and plain for one env, and 12 SGD steps with batch-statistics BatchNorm
+    # amplify the different rounding (measured: params within 7e-5, the twin's momenta within 3e-3, values ~0.2).
+    # A vmap mix-up between envs (the other env has another reset key) moves them by orders of magnitude more.
+    def same(a, b):
+        if np.issubdtype(a.dtype, np.floating):
+            np.testing.assert_allclose(a, b, rtol=1e-3, atol=5e-3)
+        else:
+            np.testing.assert_array_equal(a, b)
+
+    jax.tree.map(same, first, single)
     other = jax.tree.map(lambda x: np.asarray(x)[1], state)
     assert not np.array_equal(other.tracker.val_accuracy, single.tracker.val_accuracy) or not np.array_equal(
         other.oracle.host.head_kernel, single.oracle.host.head_kernel)
