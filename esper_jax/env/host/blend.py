@@ -58,8 +58,12 @@ class GateLayout:
         b1 = flat[c * q : c * q + q]
         w2 = flat[c * q + q : c * q + 2 * q].reshape(q, 1)
         b2 = flat[c * q + 2 * q]
-        hidden = jax.nn.relu(jnp.mean(x, axis=(1, 2)) @ w1 + b1)
+        hidden = jax.nn.relu(self.pool(x) @ w1 + b1)
         return jax.nn.sigmoid((hidden @ w2)[:, 0] + b2)
+
+    def pool(self, x: jnp.ndarray) -> jnp.ndarray:
+        """[N, H, W, C] → [N, C]: the spatial mean."""
+        return jnp.mean(x, axis=(1, 2))
 
 
 def blend(

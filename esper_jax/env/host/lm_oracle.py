@@ -26,10 +26,23 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from esper_jax.contracts import AlphaAlgorithm, SeedStage
+from esper_jax.contracts import SeedStage
 from esper_jax.env import signals
 from esper_jax.env.config import EnvConfig, HostConfig
 from esper_jax.env.host import transformer as tf
+from esper_jax.env.host.seed_sgd import (
+    GradientStats,
+    SlotControl,
+    SlotParams,
+    empty_slots,
+    gradient_stats,
+    host_sgd,
+    keep_sampled,
+    seed_flags,
+    slot_control,
+    slot_sgd,
+    sync_seeds,
+)
 from esper_jax.env.host.tokens import TokenData
 from esper_jax.env.host.transformer_blueprints import (
     BRANCH_OF_BLUEPRINT,
@@ -37,52 +50,19 @@ from esper_jax.env.host.transformer_blueprints import (
     TransformerSlotLayout,
     blend,
 )
-from esper_jax.env.oracle import EXPLODING_NORM, VANISHING_NORM, ConfigLayout, Measurement, SlotView
-
-_BLENDED = jnp.asarray([SeedStage.BLENDING, SeedStage.HOLDING, SeedStage.FOSSILIZED], jnp.int32)
-_LEARNING = jnp.asarray([SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.HOLDING, SeedStage.FOSSILIZED], jnp.int32)
-
-
-def _in(stage: jnp.ndarray, stages: jnp.ndarray) -> jnp.ndarray:
-    return jnp.any(stage[..., None] == stages, axis=-1)
-
-
-@struct.dataclass
-class LMSlotParams:
-    seed: jnp.ndarray  # [U] the blueprint union
-    seed_momentum: jnp.ndarray  # [U]
-    gate: jnp.ndarray  # [G]
-    gate_momentum: jnp.ndarray  # [G]
+from esper_jax.env.oracle import ConfigLayout, Measurement, SlotView
 
 
 @struct.dataclass
 class LMHostState:
     host: tf.TransformerParams
     host_momentum: tf.TransformerParams
-    slots: tuple[LMSlotParams, ...]  # one per enabled slot, network order
+    slots: tuple[SlotParams, ...]  # one per enabled slot, network order
     seed_id: jnp.ndarray  # int32 [S]: the seed the slot's parameters belong to (-1: none yet)
     stage: jnp.ndarray  # int32 [S]: the stage at the last measurement
     gate_live: jnp.ndarray  # bool [S]
     twin: tf.TransformerParams | None = None  # ``fixed`` only: the seedless twin (quirk 15)
     twin_momentum: tf.TransformerParams | None = None
-
-
-@struct.dataclass
-class LMSlotControl:
-    branch: jnp.ndarray  # int32 [S]
-    blended: jnp.ndarray  # bool [S]
-    straight_through: jnp.ndarray  # bool [S]
-    alpha: jnp.ndarray  # float32 [S]
-    algorithm: jnp.ndarray  # int32 [S]
-
-
-def _global_norm(tree) -> jnp.ndarray:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
-
-
-def _clip(tree, max_norm: float):
-    factor = jnp.minimum(1.0, max_norm / (_global_norm(tree) + 1e-6))  # torch's clip_grad_norm_
-    return jax.tree.map(lambda g: g * factor, tree)
 
 
 def _token_loss(logits: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
@@ -144,7 +124,7 @@ class LMOracle:
 
     # ---- the network with its slots ------------------------------------------------------------------------
 
-    def _slot(self, i: int, slots: tuple[LMSlotParams, ...], ctrl: LMSlotControl, h: jnp.ndarray) -> jnp.ndarray:
+    def _slot(self, i: int, slots: tuple[SlotParams, ...], ctrl: SlotControl, h: jnp.ndarray) -> jnp.ndarray:
         # Isolated (detached) input in TRAINING only; blended stages read h itself.
         x_s = jnp.where(ctrl.blended[i], h, jax.lax.stop_gradient(h))
         s = self.layouts[i].apply(ctrl.branch[i], slots[i].seed, x_s)
@@ -154,7 +134,7 @@ class LMOracle:
         on = ctrl.blended[i] & (ctrl.alpha[i] > 0.0)
         return jnp.where(on, blended, jnp.where(ctrl.straight_through[i], straight, h))
 
-    def forward(self, host: tf.TransformerParams, slots, ctrl: LMSlotControl, tokens: jnp.ndarray) -> jnp.ndarray:
+    def forward(self, host: tf.TransformerParams, slots, ctrl: SlotControl, tokens: jnp.ndarray) -> jnp.ndarray:
         """Logits [N, T, V] of the host with its slots."""
         slot_of = {seg: i for i, seg in enumerate(self.slot_segments)}
 
@@ -166,24 +146,14 @@ class LMOracle:
     def host_only(self, host: tf.TransformerParams, tokens: jnp.ndarray) -> jnp.ndarray:
         return tf.forward(self.spec, host, tokens, tf.no_injection)
 
-    def control(self, view: SlotView, alpha: jnp.ndarray | None = None) -> LMSlotControl:
-        return LMSlotControl(
-            branch=jnp.asarray(BRANCH_OF_BLUEPRINT)[jnp.clip(view.blueprint, 0, len(BRANCH_OF_BLUEPRINT) - 1)],
-            blended=view.has_module & _in(view.stage, _BLENDED),
-            straight_through=view.has_module & (view.stage == SeedStage.TRAINING),
-            alpha=view.alpha if alpha is None else alpha,
-            algorithm=view.algorithm,
-        )
+    def control(self, view: SlotView, alpha: jnp.ndarray | None = None) -> SlotControl:
+        return slot_control(view, BRANCH_OF_BLUEPRINT, alpha)
 
     # ---- Oracle protocol -----------------------------------------------------------------------------------
 
     def init(self, key: jax.Array) -> LMHostState:
         host = tf.init_host(self.spec, key)
-        zeros = jnp.zeros
-        slots = tuple(
-            LMSlotParams(zeros((lay.size,)), zeros((lay.size,)), zeros((g.size,)), zeros((g.size,)))
-            for lay, g in zip(self.layouts, self.gates)
-        )
+        slots = empty_slots(self.layouts, self.gates)
         s = self.num_slots
         return LMHostState(
             host=host,
@@ -197,49 +167,7 @@ class LMOracle:
         )
 
     def _sync_seeds(self, state: LMHostState, view: SlotView, key: jax.Array) -> LMHostState:
-        """Fresh parameters for newly germinated seeds and newly built gates; fresh optimizers on fossilisation."""
-        branch = self.control(view).branch
-        born = view.has_module & (view.seed_id != state.seed_id)
-        fossilised = (view.stage == SeedStage.FOSSILIZED) & (state.stage != SeedStage.FOSSILIZED)
-        gate_live = view.has_module & (view.algorithm == AlphaAlgorithm.GATE) & _in(view.stage, _BLENDED)
-        gate_new = gate_live & (~state.gate_live | born)
-        multiply = view.algorithm == AlphaAlgorithm.MULTIPLY
-        keys = jax.random.split(key, 2 * self.num_slots)
-        slots = []
-        for i, (lay, gl, p) in enumerate(zip(self.layouts, self.gates, state.slots)):
-            reset = born[i] | fossilised[i]
-            slots.append(LMSlotParams(
-                seed=jnp.where(born[i], lay.init(keys[2 * i], branch[i], multiply[i]), p.seed),
-                seed_momentum=jnp.where(reset, 0.0, p.seed_momentum),
-                gate=jnp.where(gate_new[i], gl.init(keys[2 * i + 1]), p.gate),
-                gate_momentum=jnp.where(reset | gate_new[i], 0.0, p.gate_momentum),
-            ))
-        return state.replace(
-            slots=tuple(slots),
-            seed_id=jnp.where(view.has_module, view.seed_id, state.seed_id),
-            stage=view.stage,
-            gate_live=gate_live,
-        )
-
-    def _gradient_stats(self, host_grads, seed_grads, ctrl: LMSlotControl, sampled: jnp.ndarray):
-        """(norm, health, vanishing, exploding, ratio) [S] each, as the CNN host env computes them."""
-        host_norm = _global_norm(host_grads)
-        host_per = host_norm / np.sqrt(self.spec.param_count())
-        rows = []
-        for i, (lay, g) in enumerate(zip(self.layouts, seed_grads)):
-            branch, t = ctrl.branch[i], lay.max_tensors
-            per_tensor = jnp.sqrt(jax.ops.segment_sum(jnp.square(g), jnp.asarray(lay.segments)[branch], t + 1)[:t])
-            n_tensors = jnp.asarray([len(ts) for ts in lay.tensors])[branch]
-            real = jnp.arange(t) < n_tensors
-            f_vanish = jnp.sum(real & (per_tensor < VANISHING_NORM)) / n_tensors
-            f_explode = jnp.sum(real & (per_tensor > EXPLODING_NORM)) / n_tensors
-            total = jnp.sqrt(jnp.sum(jnp.square(g)))
-            ratio = (total / jnp.sqrt(jnp.asarray(lay.param_counts, jnp.float32)[branch])) / (host_per + 1e-8)
-            rows.append((total / n_tensors, jnp.clip(1.0 - 0.5 * f_vanish - 0.8 * f_explode, 0.0, 1.0),
-                         f_vanish > 0, f_explode > 0, jnp.where((total < 1e-8) | (host_norm < 1e-8), 0.0, ratio)))
-        norm, health, vanish, explode, ratio = (jnp.stack(c) for c in zip(*rows))
-        return (jnp.where(sampled, norm, 0.0), jnp.where(sampled, health, 1.0), sampled & vanish,
-                sampled & explode, jnp.where(sampled, ratio, 0.0))
+        return sync_seeds(state, view, self.control(view).branch, self.layouts, self.gates, key)
 
     def _windows(self, key: jax.Array, shape: tuple[int, ...]) -> jnp.ndarray:
         """Random train windows int [*shape, block_size + 1]."""
@@ -250,10 +178,7 @@ class LMOracle:
     def _train(self, state: LMHostState, view: SlotView, key: jax.Array):
         hc = self.host
         ctrl = self.control(view)
-        learning = view.has_module & _in(view.stage, _LEARNING) & ~view.frozen
-        gate_learning = learning & state.gate_live & jnp.asarray(self.compat != "upstream")
-        sampled = view.has_module & ((view.stage == SeedStage.TRAINING) | (view.stage == SeedStage.BLENDING))
-        sampled = sampled & ~view.frozen
+        flags = seed_flags(view, state.gate_live, self.compat)
         m = hc.minibatches_per_step
         windows = self._windows(key, (m, self.batch_size))
 
@@ -264,38 +189,25 @@ class LMOracle:
         def twin_loss(host, w):
             return jnp.mean(_token_loss(self.host_only(host, w[:, :-1]), w[:, 1:]))
 
-        def host_sgd(params, momentum, g):
-            g = _clip(g, hc.max_grad_norm)
-            g = jax.tree.map(lambda g, p: g + hc.host_weight_decay * p, g, params)
-            buf = jax.tree.map(lambda b, g: hc.host_momentum * b + g, momentum, g)
-            return jax.tree.map(lambda p, b: p - hc.host_lr * b, params, buf), buf
-
-        def sgd(p, buf, g, on):
-            new_buf = hc.seed_momentum * buf + g
-            return jnp.where(on, p - hc.seed_lr * new_buf, p), jnp.where(on, new_buf, buf)
-
         def body(carry, inputs):
             st, stats = carry
             index, w = inputs
             host_g, slot_g = jax.grad(loss_fn)((st.host, st.slots), w)
-            fresh = self._gradient_stats(host_g, tuple(g.seed for g in slot_g), ctrl, sampled)
-            take = index % hc.gradient_stride == 0
-            stats = jax.tree.map(lambda new, old: jnp.where(take, new, old), fresh, stats)
-            host, host_m = host_sgd(st.host, st.host_momentum, host_g)
+            fresh = gradient_stats(host_g, self.spec.param_count(), self.layouts, tuple(g.seed for g in slot_g),
+                                   ctrl.branch, flags.sampled)
+            stats = keep_sampled(index, hc.gradient_stride, fresh, stats)
+            host, host_m = host_sgd(st.host, st.host_momentum, host_g, hc)
             if self.has_twin:
-                twin, twin_m = host_sgd(st.twin, st.twin_momentum, jax.grad(twin_loss)(st.twin, w))
+                twin, twin_m = host_sgd(st.twin, st.twin_momentum, jax.grad(twin_loss)(st.twin, w), hc)
                 st = st.replace(twin=twin, twin_momentum=twin_m)
-            slots = []
-            for i, (p, g) in enumerate(zip(st.slots, slot_g)):
-                # The gate joins its seed's clipping group only where it trains (fixed mode, quirk 7).
-                seed_g, gate_g = _clip((g.seed, jnp.where(gate_learning[i], g.gate, 0.0)), hc.max_grad_norm)
-                seed, seed_m = sgd(p.seed, p.seed_momentum, seed_g, learning[i])
-                gate, gate_m = sgd(p.gate, p.gate_momentum, gate_g, gate_learning[i])
-                slots.append(LMSlotParams(seed=seed, seed_momentum=seed_m, gate=gate, gate_momentum=gate_m))
-            return (st.replace(host=host, host_momentum=host_m, slots=tuple(slots)), stats), None
+            slots = tuple(
+                slot_sgd(p, g, flags.learning[i], flags.gate_learning[i], hc)
+                for i, (p, g) in enumerate(zip(st.slots, slot_g))
+            )
+            return (st.replace(host=host, host_momentum=host_m, slots=slots), stats), None
 
-        z, f = jnp.zeros((self.num_slots,), jnp.float32), jnp.zeros((self.num_slots,), jnp.bool_)
-        (state, stats), _ = jax.lax.scan(body, (state, (z, z + 1.0, f, f, z)), (jnp.arange(m), windows))
+        empty = GradientStats.empty(self.num_slots)
+        (state, stats), _ = jax.lax.scan(body, (state, empty), (jnp.arange(m), windows))
         return state, stats
 
     # ---- fused validation ----------------------------------------------------------------------------------
@@ -372,7 +284,7 @@ class LMOracle:
     ) -> tuple[LMHostState, Measurement]:
         k_sync, k_train = jax.random.split(key)
         state = self._sync_seeds(state, view, k_sync)
-        state, (norm, health, vanishing, exploding, ratio) = self._train(state, view, k_train)
+        state, stats = self._train(state, view, k_train)
         acc, loss = self.validate(state, view, configs)
         if self.has_twin:
             tokens = jnp.asarray(self.data.val_windows[:, :-1])
@@ -383,10 +295,10 @@ class LMOracle:
         return state, Measurement(
             val_accuracy=acc,
             val_loss=loss,
-            gradient_norm=norm,
-            gradient_health=health,
-            has_vanishing=vanishing,
-            has_exploding=exploding,
-            gradient_ratio=ratio,
+            gradient_norm=stats.norm,
+            gradient_health=stats.health,
+            has_vanishing=stats.vanishing,
+            has_exploding=stats.exploding,
+            gradient_ratio=stats.ratio,
             reference_accuracy=reference,
         )

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from esper_jax.contracts import AlphaAlgorithm, SeedStage
+from esper_jax.contracts import SeedStage
 from esper_jax.env import signals
 from esper_jax.env.config import EnvConfig, HostConfig
 from esper_jax.env.host import cnn
@@ -43,25 +43,22 @@ from esper_jax.env.host.augment import augment
 from esper_jax.env.host.blend import GateLayout, blend
 from esper_jax.env.host.blueprints import BRANCH_OF_BLUEPRINT, SlotLayout
 from esper_jax.env.host.data import Dataset, DeviceData
-from esper_jax.env.oracle import EXPLODING_NORM, VANISHING_NORM, ConfigLayout, Measurement, SlotView
+from esper_jax.env.host.seed_sgd import (
+    GradientStats,
+    SlotControl,
+    SlotParams,
+    empty_slots,
+    gradient_stats,
+    host_sgd,
+    keep_sampled,
+    seed_flags,
+    slot_control,
+    slot_sgd,
+    sync_seeds,
+)
+from esper_jax.env.oracle import ConfigLayout, Measurement, SlotView
 
-_BLENDED_STAGES = (SeedStage.BLENDING, SeedStage.HOLDING, SeedStage.FOSSILIZED)
-_LEARNING_STAGES = (SeedStage.TRAINING,) + _BLENDED_STAGES
-
-
-def _in(stage: jnp.ndarray, stages) -> jnp.ndarray:
-    return jnp.any(stage[..., None] == jnp.asarray([int(s) for s in stages], jnp.int32), axis=-1)
-
-
-@struct.dataclass
-class SlotParams:
-    """One slot's seed parameter union, its gate network and their SGD momenta."""
-
-    seed: jnp.ndarray  # [U]
-    seed_momentum: jnp.ndarray  # [U]
-    gate: jnp.ndarray  # [G]
-    gate_momentum: jnp.ndarray  # [G]
-
+__all__ = ["GradientStats", "HostOracle", "HostState", "SlotControl", "SlotParams"]
 
 @struct.dataclass
 class HostState:
@@ -77,39 +74,6 @@ class HostState:
     twin_momentum: cnn.HostParams | None = None
     # ``HostConfig.val_subset`` only (None otherwise): the first validation image of this env's fixed window.
     val_start: jnp.ndarray | None = None
-
-
-@struct.dataclass
-class SlotControl:
-    """How the forward pass treats each slot ([S] each)."""
-
-    branch: jnp.ndarray  # int32 blueprint branch
-    blended: jnp.ndarray  # bool: BLENDING/HOLDING/FOSSILIZED with a module
-    straight_through: jnp.ndarray  # bool: TRAINING (only matters for gradients)
-    alpha: jnp.ndarray  # float32
-    algorithm: jnp.ndarray  # int32 AlphaAlgorithm
-
-
-@struct.dataclass
-class GradientStats:
-    """Gradient statistics (docs/environment.md#signals-and-observation) of one sampled minibatch, [S] each."""
-
-    norm: jnp.ndarray
-    health: jnp.ndarray
-    vanishing: jnp.ndarray
-    exploding: jnp.ndarray
-    ratio: jnp.ndarray
-
-
-def _global_norm(tree) -> jnp.ndarray:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
-
-
-def _clip(tree, max_norm: float):
-    norm = _global_norm(tree)
-    # torch's clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is below 1.
-    factor = jnp.minimum(1.0, max_norm / (norm + 1e-6))
-    return jax.tree.map(lambda g: g * factor, tree)
 
 
 def _cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
@@ -237,27 +201,13 @@ class HostOracle:
         return cnn.forward(self.spec, host, images, cnn.no_injection)
 
     def control(self, view: SlotView, alpha: jnp.ndarray | None = None) -> SlotControl:
-        return SlotControl(
-            branch=jnp.asarray(BRANCH_OF_BLUEPRINT)[jnp.clip(view.blueprint, 0, len(BRANCH_OF_BLUEPRINT) - 1)],
-            blended=view.has_module & _in(view.stage, _BLENDED_STAGES),
-            straight_through=view.has_module & (view.stage == SeedStage.TRAINING),
-            alpha=view.alpha if alpha is None else alpha,
-            algorithm=view.algorithm,
-        )
+        return slot_control(view, BRANCH_OF_BLUEPRINT, alpha)
 
     # ---- Oracle protocol -----------------------------------------------------------------------------------
 
     def init(self, key: jax.Array) -> HostState:
         host = cnn.init_host(self.spec, key)  # seeds get their parameters when germinated (_sync_seeds)
-        slots = tuple(
-            SlotParams(
-                seed=jnp.zeros((lay.size,), jnp.float32),
-                seed_momentum=jnp.zeros((lay.size,), jnp.float32),
-                gate=jnp.zeros((g.size,), jnp.float32),
-                gate_momentum=jnp.zeros((g.size,), jnp.float32),
-            )
-            for lay, g in zip(self.layouts, self.gates)
-        )
+        slots = empty_slots(self.layouts, self.gates)
         s = self.num_slots
         return HostState(
             host=host,
@@ -277,72 +227,17 @@ class HostOracle:
         return self.compat != "upstream"
 
     def _sync_seeds(self, state: HostState, view: SlotView, key: jax.Array) -> HostState:
-        """Fresh parameters for newly germinated seeds and newly built gates; fresh optimizers on fossilisation."""
-        branch = self.control(view).branch
-        born = view.has_module & (view.seed_id != state.seed_id)
-        fossilised = (view.stage == SeedStage.FOSSILIZED) & (state.stage != SeedStage.FOSSILIZED)
-        gate_live = view.has_module & (view.algorithm == AlphaAlgorithm.GATE) & _in(view.stage, _BLENDED_STAGES)
-        gate_new = gate_live & (~state.gate_live | born)
-        multiply = view.algorithm == AlphaAlgorithm.MULTIPLY
-        keys = jax.random.split(key, 2 * self.num_slots)
-        slots = []
-        for i, (lay, gl, p) in enumerate(zip(self.layouts, self.gates, state.slots)):
-            seed = jnp.where(born[i], lay.init(keys[2 * i], branch[i], multiply[i]), p.seed)
-            reset = born[i] | fossilised[i]
-            gate = jnp.where(gate_new[i], gl.init(keys[2 * i + 1]), p.gate)
-            slots.append(SlotParams(
-                seed=seed,
-                seed_momentum=jnp.where(reset, 0.0, p.seed_momentum),
-                gate=gate,
-                gate_momentum=jnp.where(reset | gate_new[i], 0.0, p.gate_momentum),
-            ))
-        return state.replace(
-            slots=tuple(slots),
-            seed_id=jnp.where(view.has_module, view.seed_id, state.seed_id),
-            stage=view.stage,
-            gate_live=gate_live,
-        )
+        return sync_seeds(state, view, self.control(view).branch, self.layouts, self.gates, key)
 
     def _gradient_stats(
         self, host_grads: cnn.HostParams, seed_grads: tuple[jnp.ndarray, ...], ctrl: SlotControl, sampled: jnp.ndarray
     ) -> GradientStats:
-        host_norm = _global_norm(host_grads)
-        host_per = host_norm / np.sqrt(self.spec.param_count())
-        norms, healths, vans, exps, ratios = [], [], [], [], []
-        for i, (lay, g) in enumerate(zip(self.layouts, seed_grads)):
-            branch = ctrl.branch[i]
-            t = lay.max_tensors
-            per_tensor = jnp.sqrt(jax.ops.segment_sum(jnp.square(g), jnp.asarray(lay.segments)[branch], t + 1)[:t])
-            n_tensors = jnp.asarray([len(ts) for ts in lay.tensors])[branch]
-            real = jnp.arange(t) < n_tensors
-            f_vanish = jnp.sum(real & (per_tensor < VANISHING_NORM)) / n_tensors
-            f_explode = jnp.sum(real & (per_tensor > EXPLODING_NORM)) / n_tensors
-            total = jnp.sqrt(jnp.sum(jnp.square(g)))
-            n_seed = jnp.asarray(lay.param_counts, jnp.float32)[branch]
-            ratio = (total / jnp.sqrt(n_seed)) / (host_per + 1e-8)
-            norms.append(total / n_tensors)
-            healths.append(jnp.clip(1.0 - 0.5 * f_vanish - 0.8 * f_explode, 0.0, 1.0))
-            vans.append(f_vanish > 0)
-            exps.append(f_explode > 0)
-            ratios.append(jnp.where((total < 1e-8) | (host_norm < 1e-8), 0.0, ratio))
-        stack = jnp.stack
-        return GradientStats(
-            norm=jnp.where(sampled, stack(norms), 0.0),
-            health=jnp.where(sampled, stack(healths), 1.0),
-            vanishing=sampled & stack(vans),
-            exploding=sampled & stack(exps),
-            ratio=jnp.where(sampled, stack(ratios), 0.0),
-        )
+        return gradient_stats(host_grads, self.spec.param_count(), self.layouts, seed_grads, ctrl.branch, sampled)
 
     def _train(self, state: HostState, view: SlotView, key: jax.Array) -> tuple[HostState, GradientStats]:
         hc = self.host
         ctrl = self.control(view)
-        learning = view.has_module & _in(view.stage, _LEARNING_STAGES) & ~view.frozen
-        gate_learning = learning & state.gate_live & jnp.asarray(self.compat != "upstream")
-        # Statistics of frozen seeds: upstream's frozen parameters carry no gradients, so there is nothing to sample.
-        sampled = (
-            view.has_module & ((view.stage == SeedStage.TRAINING) | (view.stage == SeedStage.BLENDING)) & ~view.frozen
-        )
+        flags = seed_flags(view, state.gate_live, self.compat)
         labels = self.arrays.train_labels
         m, b = hc.minibatches_per_step, self.batch_size
         batches = jax.random.permutation(key, self.data.num_train)[: m * b].reshape(m, b)
@@ -357,46 +252,29 @@ class HostOracle:
         def twin_loss(host, x, y):
             return jnp.mean(_cross_entropy(self.host_only(host, x), y))
 
-        def host_sgd(params, momentum, g):
-            g = _clip(g, hc.max_grad_norm)
-            g = jax.tree.map(lambda g, p: g + hc.host_weight_decay * p, g, params)
-            buf = jax.tree.map(lambda b, g: hc.host_momentum * b + g, momentum, g)
-            return jax.tree.map(lambda p, b: p - hc.host_lr * b, params, buf), buf
-
-        def sgd(p, buf, g, lr, momentum, on):
-            new_buf = momentum * buf + g
-            return jnp.where(on, p - lr * new_buf, p), jnp.where(on, new_buf, buf)
-
         def body(carry, inputs):
             st, stats = carry
             index, idx, aug_key = inputs
             x, y = self._train_batch(idx, aug_key), labels[idx]
             grads = jax.grad(loss_fn)((st.host, st.slots), x, y)
             host_g, slot_g = grads
-            fresh = self._gradient_stats(host_g, tuple(g.seed for g in slot_g), ctrl, sampled)
-            take = index % hc.gradient_stride == 0
-            stats = jax.tree.map(lambda new, old: jnp.where(take, new, old), fresh, stats)
+            fresh = self._gradient_stats(host_g, tuple(g.seed for g in slot_g), ctrl, flags.sampled)
+            stats = keep_sampled(index, hc.gradient_stride, fresh, stats)
 
-            host, host_m = host_sgd(st.host, st.host_momentum, host_g)
+            host, host_m = host_sgd(st.host, st.host_momentum, host_g, hc)
             if self.has_twin:
                 twin_g = jax.grad(twin_loss)(st.twin, x, y)
-                twin, twin_m = host_sgd(st.twin, st.twin_momentum, twin_g)
+                twin, twin_m = host_sgd(st.twin, st.twin_momentum, twin_g, hc)
                 st = st.replace(twin=twin, twin_momentum=twin_m)
 
-            slots = []
-            for i, (p, g) in enumerate(zip(st.slots, slot_g)):
-                # The gate joins its seed's group only where it trains (fixed mode), so upstream's clip ignores it.
-                gate_g = jnp.where(gate_learning[i], g.gate, 0.0)
-                seed_g, gate_g = _clip((g.seed, gate_g), hc.max_grad_norm)
-                seed, seed_m = sgd(p.seed, p.seed_momentum, seed_g, hc.seed_lr, hc.seed_momentum, learning[i])
-                gate, gate_m = sgd(p.gate, p.gate_momentum, gate_g, hc.seed_lr, hc.seed_momentum, gate_learning[i])
-                slots.append(SlotParams(seed=seed, seed_momentum=seed_m, gate=gate, gate_momentum=gate_m))
-            st = st.replace(host=host, host_momentum=host_m, slots=tuple(slots))
+            slots = tuple(
+                slot_sgd(p, g, flags.learning[i], flags.gate_learning[i], hc)
+                for i, (p, g) in enumerate(zip(st.slots, slot_g))
+            )
+            st = st.replace(host=host, host_momentum=host_m, slots=slots)
             return (st, stats), None
 
-        zeros = jnp.zeros((self.num_slots,), jnp.float32)
-        no_flags = jnp.zeros((self.num_slots,), jnp.bool_)
-        empty = GradientStats(norm=zeros, health=zeros + 1.0, vanishing=no_flags, exploding=no_flags, ratio=zeros)
+        empty = GradientStats.empty(self.num_slots)
         (state, stats), _ = jax.lax.scan(body, (state, empty), (jnp.arange(m), batches, aug_keys))
         return state, stats
 

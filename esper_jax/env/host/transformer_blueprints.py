@@ -28,14 +28,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from esper_jax.contracts import NUM_BLUEPRINTS, TRANSFORMER_BLUEPRINTS, AlphaAlgorithm, BlueprintAction
-from esper_jax.env.config import gate_params
+from esper_jax.env.host.blend import GateLayout
 from esper_jax.env.host.blueprints import SlotLayout, Tensor
-from esper_jax.env.host.cnn import torch_uniform_bound
 from esper_jax.env.host.transformer import causal_attention, gelu, layer_norm
 from esper_jax.env.lm_config import LORA_LARGE_RANK, LORA_RANK, SEED_ATTENTION_HEADS
 
@@ -95,33 +93,13 @@ class TransformerSlotLayout(SlotLayout):
 
 
 @dataclasses.dataclass(frozen=True)
-class SequenceGateLayout:
-    """GATE network Linear(D, q) → ReLU → Linear(q, 1) → σ on the time-averaged seed input, q = max(1, D/4): one
-    gate value per sequence (37,057 parameters at D = 384)."""
+class SequenceGateLayout(GateLayout):
+    """The CNN GATE network (``blend.GateLayout``: Linear(D, q) → ReLU → Linear(q, 1) → σ, q = max(1, D/4), the same
+    flat layout and init) on the time-averaged seed input x [N, T, D]: one gate value per sequence (37,057
+    parameters at D = 384)."""
 
-    channels: int
-
-    @property
-    def hidden(self) -> int:
-        return max(1, self.channels // 4)
-
-    @property
-    def size(self) -> int:
-        return gate_params(self.channels)
-
-    def init(self, key: jax.Array) -> jnp.ndarray:
-        d, q = self.channels, self.hidden
-        bound = jnp.concatenate([jnp.full((d * q + q,), torch_uniform_bound(d)),
-                                 jnp.full((q + 1,), torch_uniform_bound(q))])
-        return jax.random.uniform(key, (self.size,), jnp.float32, -1.0, 1.0) * bound
-
-    def apply(self, flat: jnp.ndarray, x: jnp.ndarray) -> jnp.ndarray:
-        """g(x) [N] for x [N, T, D]."""
-        d, q = self.channels, self.hidden
-        w1, b1 = flat[: d * q].reshape(d, q), flat[d * q : d * q + q]
-        w2, b2 = flat[d * q + q : d * q + 2 * q].reshape(q, 1), flat[d * q + 2 * q]
-        hidden = jax.nn.relu(jnp.mean(x, axis=1) @ w1 + b1)
-        return jax.nn.sigmoid((hidden @ w2)[:, 0] + b2)
+    def pool(self, x: jnp.ndarray) -> jnp.ndarray:
+        return jnp.mean(x, axis=1)
 
 
 def blend(
