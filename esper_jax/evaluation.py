@@ -24,6 +24,7 @@ def _eval_fn(static: Static, num_envs: int, num_steps: int, compat: str):
     from esper_jax import masks as masks_mod
     from esper_jax import normalization, policy
     from esper_jax.contracts import HEAD_NAMES, PerHead
+    from esper_jax.env.interface import bind_data
     from esper_jax.random_policy import random_masked_actions
 
     net = static.network
@@ -53,7 +54,7 @@ def _eval_fn(static: Static, num_envs: int, num_steps: int, compat: str):
         return jax.lax.switch(kind_index, [by_policy(False), by_policy(True), random, wait], None)
 
     def run(kind, params, obs_stats, key, env_data):
-        env = static.env.bind(env_data)  # the env's data as an argument, not compiled-in constants
+        env = bind_data(static.env, env_data)  # the env's data as an argument, not compiled-in constants
         k_reset, k_steps = jax.random.split(key)
         env_keys = jax.random.split(k_reset, num_envs)
         state, obs = jax.vmap(env.reset)(env_keys)
@@ -89,6 +90,7 @@ def evaluate_baselines(cfg: TrainingConfig, static: Static, train_state, seed: i
     import jax.numpy as jnp
     import numpy as np
 
+    from esper_jax.env.interface import data_of
     from esper_jax.telemetry import RewardComponentsTelemetry
 
     kinds, fn = _eval_fn(static, cfg.eval_episodes, cfg.episode_length, cfg.compat)
@@ -96,7 +98,7 @@ def evaluate_baselines(cfg: TrainingConfig, static: Static, train_state, seed: i
     result: dict[str, Any] = {}
     for index, kind in enumerate(kinds):
         ret, comp, outcomes = fn(
-            jnp.asarray(index, jnp.int32), train_state.params, train_state.obs_stats, key, static.env.data()
+            jnp.asarray(index, jnp.int32), train_state.params, train_state.obs_stats, key, data_of(static.env)
         )
         ret = np.asarray(ret)
         result[kind] = {

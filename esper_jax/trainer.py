@@ -25,6 +25,7 @@ from typing import Any
 from flax import struct
 
 from esper_jax.config import ConfigError, DistributedConfig, TrainingConfig, to_dict
+from esper_jax.env.interface import bind_data, data_of
 from esper_jax.evaluation import evaluate_baselines
 
 __all__ = ["Counters", "TrainerState", "Static", "TrainResult", "build_static", "initial_state", "train",
@@ -127,7 +128,7 @@ def _interval_jit(static: Static, num_iterations: int, layout):
     from esper_jax import ppo, rollout
 
     def run(train_state, runner, key, env_data):
-        env = static.env.bind(env_data)  # the env's data arrive as an argument, not as compiled-in constants
+        env = bind_data(static.env, env_data)  # the env's data arrive as an argument, not as compiled-in constants
 
         def body(carry, key):
             train_state, runner = carry
@@ -144,7 +145,7 @@ def _interval_jit(static: Static, num_iterations: int, layout):
         (train_state, runner), outs = jax.lax.scan(body, (train_state, runner), jax.random.split(sub, num_iterations))
         return train_state, runner, key, outs
 
-    return layout.jit_interval(run), static.env.data()
+    return layout.jit_interval(run), data_of(static.env)
 
 
 def _interval_fn(static: Static, num_iterations: int, layout):

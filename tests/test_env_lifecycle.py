@@ -336,7 +336,9 @@ def test_config_slot_count_and_blueprint_validation():
 
 
 def test_make_names():
-    with pytest.raises(ValueError, match="cifar10.*needs dataset"):
-        make("host", EnvConfig())  # only the digits task has built-in data
+    with pytest.raises(ValueError, match="cifar10_deep.*needs dataset"):
+        make("host", EnvConfig(task="cifar10_deep"))  # built-in data: digits, and cifar10 from local files
+    with pytest.raises(ValueError, match="data_dir"):
+        make("host", EnvConfig())  # task cifar10 without EnvConfig.host.data_dir
     with pytest.raises(ValueError, match="available"):
         make("gym", EnvConfig())

@@ -19,7 +19,7 @@ from flax import struct
 from esper_jax.contracts import PerHead
 from esper_jax.observation import Observation
 
-__all__ = ["Environment", "StepOutput"]
+__all__ = ["Environment", "StepOutput", "bind_data", "data_of"]
 
 
 @struct.dataclass
@@ -41,3 +41,15 @@ class Environment(Protocol):
     def reset(self, key: jax.Array) -> tuple[Any, Observation]: ...
 
     def step(self, state: Any, actions: PerHead, key: jax.Array) -> StepOutput: ...
+
+
+def data_of(env: Any) -> Any:
+    """The arrays ``env`` reads (``env.data()``), to be passed into compiled code as an argument so a large dataset
+    is not compiled in as constants; None for an env without data (the simulator, any env that lacks ``data``)."""
+    data = getattr(env, "data", None)
+    return None if data is None else data()
+
+
+def bind_data(env: Any, data: Any) -> Any:
+    """``env`` reading ``data`` (from ``data_of``, possibly traced); ``env`` itself when there are none."""
+    return env if data is None else env.bind(data)
