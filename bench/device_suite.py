@@ -123,24 +123,7 @@ def highest_precision(torch: Any):
 def _torch_bf16_step(torch: Any, torch_net: Any, num_envs: int, options: Options) -> Measurement:
     """torch's gradient step (loss + backward + clip + Adam, GAE done beforehand) with the forward under bf16
     autocast: the bf16 counterpart of esper_jax's bf16-matmul update."""
-    from reference_torch import ppo as ref_ppo
-
-    device = next(torch_net.parameters()).device
-    buf = fixtures.update_buffer(fixtures.network_config(), num_envs, update_bench.SEQ_LEN)
-    ref_config = ref_ppo.ReferenceConfig(target_kl=None)
-    optimizer = ref_ppo.make_optimizer(torch_net, ref_config)
-    prepared = ref_ppo.prepare_data(buf.torch_data(torch, device), buf.step_counts, ref_config)
-    rows = list(range(num_envs))
-    torch_net.train()
-
-    def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss, _ = ref_ppo.compute_loss(torch_net, prepared, rows, ref_config)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(torch_net.parameters(), ref_config.max_grad_norm)
-        optimizer.step()
-
+    step = update_bench.torch_gradient_step(torch, torch_net, num_envs, autocast=torch.bfloat16)
     timing = common.time_torch(step, options, torch)
     return common.measured(
         "update", f"{TORCH}_step_bf16", timing, work=num_envs * update_bench.SEQ_LEN, unit="sample",

@@ -83,25 +83,11 @@ def update_flops(params: Any, samples: int) -> float:
 
 
 def side_by_side(num_envs: int, rounds: int, torch: Any, matmul_dtype: str | None) -> dict[str, Any]:
-    from reference_torch import ppo as ref_ppo
-
     torch_net = fixtures.torch_network(torch, fixtures.network_config())
     jitted, args, kwargs, _config, params = update_bench.build_jax(num_envs, torch_net, matmul_dtype=matmul_dtype)
     compiled = common.compile_jax(jitted, *args, **kwargs)
 
-    buf = fixtures.update_buffer(fixtures.network_config(), num_envs, SEQ_LEN)
-    ref_config = ref_ppo.ReferenceConfig(target_kl=None)
-    optimizer = ref_ppo.make_optimizer(torch_net, ref_config)
-    torch_net.train()
-    prepared = ref_ppo.prepare_data(buf.torch_data(torch), buf.step_counts, ref_config)
-    rows = list(range(num_envs))
-
-    def torch_step() -> None:
-        loss, _ = ref_ppo.compute_loss(torch_net, prepared, rows, ref_config)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(torch_net.parameters(), ref_config.max_grad_norm)
-        optimizer.step()
+    torch_step = update_bench.torch_gradient_step(torch, torch_net, num_envs)
 
     def jax_update() -> None:
         jax.block_until_ready(compiled.fn(*args))

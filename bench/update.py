@@ -13,6 +13,7 @@ Python GAE loop.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Any
 
@@ -77,6 +78,33 @@ def measure_jax(num_envs: int, options: Options, torch_net: Any = None, matmul_d
     )
 
 
+def torch_gradient_step(torch: Any, torch_net: Any, num_envs: int, optimizer: Any = None, autocast: Any = None):
+    """torch's least work for the same update, as a no-argument callable: ``compute_loss`` + backward +
+    ``clip_grad_norm_`` + Adam over the full [num_envs × SEQ_LEN] batch, GAE done beforehand. ``optimizer``: an Adam
+    of ``reference_torch.ppo.make_optimizer`` to continue (default: a new one); ``autocast``: a torch dtype to run the
+    forward under autocast (the bf16 rows)."""
+    from reference_torch import ppo as ref_ppo
+
+    device = next(torch_net.parameters()).device
+    buf = fixtures.update_buffer(fixtures.network_config(), num_envs, SEQ_LEN)
+    ref_config = ref_ppo.ReferenceConfig(target_kl=None)
+    optimizer = ref_ppo.make_optimizer(torch_net, ref_config) if optimizer is None else optimizer
+    prepared = ref_ppo.prepare_data(buf.torch_data(torch, device), buf.step_counts, ref_config)
+    rows = list(range(num_envs))
+    torch_net.train()
+
+    def step() -> None:
+        forward = contextlib.nullcontext() if autocast is None else torch.autocast(device.type, dtype=autocast)
+        with forward:
+            loss, _ = ref_ppo.compute_loss(torch_net, prepared, rows, ref_config)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(torch_net.parameters(), ref_config.max_grad_norm)
+        optimizer.step()
+
+    return step
+
+
 def measure_torch(torch: Any, torch_net: Any, num_envs: int, options: Options) -> list[Measurement]:
     from reference_torch import ppo as ref_ppo
 
@@ -90,16 +118,7 @@ def measure_torch(torch: Any, torch_net: Any, num_envs: int, options: Options) -
 
     full = common.time_torch(lambda: ref_ppo.update(torch_net, optimizer, data, step_counts, ref_config), options, torch)
 
-    prepared = ref_ppo.prepare_data(data, step_counts, ref_config)
-    rows_all = list(range(num_envs))
-
-    def gradient_step():
-        loss, _ = ref_ppo.compute_loss(torch_net, prepared, rows_all, ref_config)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(torch_net.parameters(), ref_config.max_grad_norm)
-        optimizer.step()
-
+    gradient_step = torch_gradient_step(torch, torch_net, num_envs, optimizer=optimizer)
     step = common.time_torch(gradient_step, options, torch)
     common_fields = dict(
         work=num_envs * SEQ_LEN,
