@@ -292,13 +292,4 @@ class LMOracle:
             reference = 100.0 * jnp.mean(self.token_scores(state.twin, twin_hidden)[0].astype(jnp.float32))
         else:
             reference = acc[0]
-        return state, Measurement(
-            val_accuracy=acc,
-            val_loss=loss,
-            gradient_norm=stats.norm,
-            gradient_health=stats.health,
-            has_vanishing=stats.vanishing,
-            has_exploding=stats.exploding,
-            gradient_ratio=stats.ratio,
-            reference_accuracy=reference,
-        )
+        return state, stats.measurement(acc, loss, reference)

@@ -356,14 +356,5 @@ class HostOracle:
             reference = self._scores(self.host_only(state.twin, images)[None], labels)[0][0]
         else:
             reference = acc[0]
-        return state, Measurement(
-            val_accuracy=acc,
-            val_loss=loss,
-            gradient_norm=stats.norm,
-            gradient_health=stats.health,
-            has_vanishing=stats.vanishing,
-            has_exploding=stats.exploding,
-            gradient_ratio=stats.ratio,
-            reference_accuracy=reference,
-        )
+        return state, stats.measurement(acc, loss, reference)
 

@@ -17,7 +17,7 @@ from flax import struct
 
 from esper_jax.contracts import AlphaAlgorithm, SeedStage
 from esper_jax.env.config import HostConfig
-from esper_jax.env.oracle import EXPLODING_NORM, VANISHING_NORM, SlotView
+from esper_jax.env.oracle import EXPLODING_NORM, VANISHING_NORM, Measurement, SlotView
 
 BLENDED_STAGES = (SeedStage.BLENDING, SeedStage.HOLDING, SeedStage.FOSSILIZED)
 LEARNING_STAGES = (SeedStage.TRAINING,) + BLENDED_STAGES
@@ -63,6 +63,22 @@ class GradientStats:
         zeros = jnp.zeros((num_slots,), jnp.float32)
         no_flags = jnp.zeros((num_slots,), jnp.bool_)
         return cls(norm=zeros, health=zeros + 1.0, vanishing=no_flags, exploding=no_flags, ratio=zeros)
+
+    def measurement(
+        self, val_accuracy: jnp.ndarray, val_loss: jnp.ndarray, reference_accuracy: jnp.ndarray
+    ) -> Measurement:
+        """The oracle's ``Measurement`` of an epoch: the fused validation's rows, these statistics, and the accuracy
+        of the seedless reference."""
+        return Measurement(
+            val_accuracy=val_accuracy,
+            val_loss=val_loss,
+            gradient_norm=self.norm,
+            gradient_health=self.health,
+            has_vanishing=self.vanishing,
+            has_exploding=self.exploding,
+            gradient_ratio=self.ratio,
+            reference_accuracy=reference_accuracy,
+        )
 
 
 @struct.dataclass
