@@ -148,14 +148,14 @@ def _interval_jit(static: Static, num_iterations: int, layout):
     return layout.jit_interval(run), data_of(static.env)
 
 
+def _with_data(fn, env_data):
+    """``fn(train_state, runner, key, env_data)`` as ``call(train_state, runner, key)``."""
+    return lambda train_state, runner, key: fn(train_state, runner, key, env_data)
+
+
 def _interval_fn(static: Static, num_iterations: int, layout):
     """The interval as ``call(train_state, runner, key)``, the env's data supplied as the jitted argument."""
-    jitted, env_data = _interval_jit(static, num_iterations, layout)
-
-    def call(train_state, runner, key):
-        return jitted(train_state, runner, key, env_data)
-
-    return call
+    return _with_data(*_interval_jit(static, num_iterations, layout))
 
 
 def _compiled_interval(static: Static, num_iterations: int, layout, state: TrainerState) -> tuple[Any, float]:
@@ -165,11 +165,7 @@ def _compiled_interval(static: Static, num_iterations: int, layout, state: Train
     started = time.perf_counter()
     jitted, env_data = _interval_jit(static, num_iterations, layout)
     compiled = jitted.lower(state.train, state.runner, state.key, env_data).compile()
-
-    def call(train_state, runner, key):
-        return compiled(train_state, runner, key, env_data)
-
-    return call, time.perf_counter() - started
+    return _with_data(compiled, env_data), time.perf_counter() - started
 
 
 
