@@ -5,12 +5,15 @@ One process, the same weights (the torch reference's init, converted) and the sa
 sides. Each round times one esper_jax ``ppo.update`` (obs normaliser, GAE, forward + backward through the LSTM,
 clip, Adam; compiled ahead of time) and then one torch gradient step (``compute_loss`` + backward +
 ``clip_grad_norm_`` + Adam, GAE done beforehand: the least torch can do for the same update), alternating, so
-both see the same load on a shared machine; medians and minima over the rounds are reported, and the ratio of the
+both see the same load on a shared machine, with a pause (``SETTLE_S``) before each timed call so that neither
+starts while the other's threads still spin; medians and minima over the rounds are reported, and the ratio of the
 medians. Both are also put against a measured dense float32 matmul rate (square 1024 GEMMs, best of torch's and
 XLA's over the same rounds), counting the update as 6 FLOPs per kernel weight per sample (2 forward, 4 backward; the usual estimate),
 so the headroom left is visible.
 
-Prints one JSON object per size and a markdown table; ``--out FILE`` also writes the JSON list.
+Prints one JSON object per size and a markdown table; ``--out FILE`` also writes the JSON list. ``--gemm-shapes``
+also times each distinct GEMM of the update alone (forward ``x·W``, input gradient ``dy·Wᵀ``, weight gradient
+``xᵀ·dy`` of every kernel at that batch), XLA against torch, to tell a slow GEMM from slow work around the GEMMs.
 """
 
 from __future__ import annotations
@@ -31,6 +34,12 @@ from bench import update as update_bench
 
 SEQ_LEN = fixtures.SEQ_LEN
 GEMM = 1024
+# Pause before every timed call. torch's OpenMP worker threads spin-wait after each of its calls (libgomp's default
+# wait policy), and an XLA call started right after one runs with a core taken: measured 2026-11-29 on the idle
+# 2-core VM, a [600 × 512]·[512 × 256] XLA GEMM timed right after torch's ran at 101 GFLOP/s, 201 with the spinning
+# switched off (OMP_WAIT_POLICY=PASSIVE, which in turn slowed torch's own update step 1.6×). A pause lets each side
+# start on a quiet machine and keeps each side's own threading as it is.
+SETTLE_S = 0.25
 _GEMM = jax.jit(jnp.matmul)
 
 
@@ -82,7 +91,47 @@ def update_flops(params: Any, samples: int) -> float:
     return 6.0 * weights * samples
 
 
-def side_by_side(num_envs: int, rounds: int, torch: Any, matmul_dtype: str | None) -> dict[str, Any]:
+def gemm_shapes(params: Any, rows: int) -> list[tuple[str, int, int, int]]:
+    """The distinct (kind, m, k, n) GEMMs of one update at ``rows`` samples: per kernel [in, out], the forward
+    [rows, in]·[in, out], the input gradient [rows, out]·[out, in] and the weight gradient [in, rows]·[rows, out].
+    The recurrent kernel's per-step GEMVs are left out (their batch is the env count, not ``rows``)."""
+    from esper_jax.network import is_kernel
+
+    seen = set()
+    for path, x in jax.tree_util.tree_leaves_with_path(params):
+        if is_kernel(path) and np.ndim(x) == 2:
+            k, n = np.shape(x)
+            seen |= {("forward", rows, k, n), ("input grad", rows, n, k), ("weight grad", k, rows, n)}
+    return sorted(seen, key=lambda s: (s[0], -s[1] * s[2] * s[3]))
+
+
+def time_gemms(shapes: list[tuple[str, int, int, int]], torch: Any, rounds: int, settle_s: float = SETTLE_S
+               ) -> list[dict[str, Any]]:
+    """Each GEMM alone, XLA and torch alternating, best of ``rounds``: GFLOP/s of both."""
+    rng = np.random.default_rng(0)
+    out = []
+    for kind, m, k, n in shapes:
+        a = rng.standard_normal((m, k)).astype(np.float32)
+        b = rng.standard_normal((k, n)).astype(np.float32)
+        xa, xb, ta, tb = jnp.asarray(a), jnp.asarray(b), torch.from_numpy(a), torch.from_numpy(b)
+        _GEMM(xa, xb).block_until_ready()
+        torch.mm(ta, tb)
+        xla_s, torch_s = [], []
+        for _ in range(rounds):
+            time.sleep(settle_s)
+            _GEMM(xa, xb).block_until_ready()  # wakes XLA's pool; the timed call follows
+            xla_s.append(_wall(lambda: _GEMM(xa, xb).block_until_ready()))
+            time.sleep(settle_s)
+            torch.mm(ta, tb)
+            torch_s.append(_wall(lambda: torch.mm(ta, tb)))
+        flop = 2.0 * m * k * n
+        out.append({"kind": kind, "m": m, "k": k, "n": n, "xla_gflops": flop / min(xla_s) / 1e9,
+                    "torch_gflops": flop / min(torch_s) / 1e9})
+    return out
+
+
+def side_by_side(num_envs: int, rounds: int, torch: Any, matmul_dtype: str | None, settle_s: float = SETTLE_S
+                 ) -> dict[str, Any]:
     torch_net = fixtures.torch_network(torch, fixtures.network_config())
     jitted, args, kwargs, _config, params = update_bench.build_jax(num_envs, torch_net, matmul_dtype=matmul_dtype)
     compiled = common.compile_jax(jitted, *args, **kwargs)
@@ -96,8 +145,11 @@ def side_by_side(num_envs: int, rounds: int, torch: Any, matmul_dtype: str | Non
     torch_step()  # warm-up of both
     jax_s, torch_s, gemm = [], [], []
     for _ in range(rounds):
+        time.sleep(settle_s)
         jax_s.append(_wall(jax_update))
+        time.sleep(settle_s)
         torch_s.append(_wall(torch_step))
+        time.sleep(settle_s)
         gemm.append(matmul_rate(torch, rounds=1))  # in the same rounds, so it sees the same load
     flops = update_flops(params, num_envs * SEQ_LEN)
     jax_med, torch_med = statistics.median(jax_s), statistics.median(torch_s)
@@ -128,6 +180,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         help="one thread on both sides: torch.set_num_threads(1) and XLA's CPU backend without its "
                         "multi-threaded Eigen matmuls (--xla_cpu_multi_thread_eigen=false), for a machine whose other "
                         "load makes two-thread timings meaningless")
+    parser.add_argument("--gemm-shapes", action="store_true",
+                        help="also time every distinct GEMM of the update alone, XLA against torch")
     parser.add_argument("--out", default=None, help="also write the results as a JSON list here")
     args = parser.parse_args(argv)
     if args.rounds < 1:
@@ -153,6 +207,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                    device=common.jax_device(),
                    jax_matmul_fraction=row["jax_gflops"] / row["matmul_gflops"],
                    torch_matmul_fraction=row["torch_gflops"] / row["matmul_gflops"])
+        if args.gemm_shapes:
+            params = fixtures.jax_params(fixtures.network_config(), None)
+            row["gemms"] = time_gemms(gemm_shapes(params, num_envs * SEQ_LEN), torch, max(3, args.rounds))
         print(json.dumps(row), flush=True)
         results.append(row)
     print("\n| envs × T | matmuls | ppo.update median (min) | torch fwd+bwd+Adam median (min) | torch ÷ jax | "
@@ -163,6 +220,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
               f" | {r['torch_median_ms']:.1f} ({r['torch_min_ms']:.1f}) ms | **{r['ratio']:.2f}×** | "
               f"{r['jax_gflops']:.1f} / {r['torch_gflops']:.1f} | {r['jax_matmul_fraction']:.0%} / "
               f"{r['torch_matmul_fraction']:.0%} of {r['matmul_gflops']:.0f} GFLOP/s |")
+    for r in results:
+        if "gemms" in r:
+            print(f"\n{r['envs']} × {r['seq_len']}: each GEMM alone, best of the rounds (GFLOP/s)\n")
+            print("| GEMM | [m × k] · [k × n] | XLA | torch |\n|---|---|---|---|")
+            for g in r["gemms"]:
+                print(f"| {g['kind']} | [{g['m']} × {g['k']}] · [{g['k']} × {g['n']}] | {g['xla_gflops']:.0f} | "
+                      f"{g['torch_gflops']:.0f} |")
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(results, fh, indent=1)

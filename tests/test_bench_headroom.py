@@ -32,3 +32,23 @@ def test_cpu_features_are_read_not_assumed():
         return
     first = next((line for line in text.splitlines() if line.startswith("flags")), "")
     assert flags["avx512_bf16"] == ("avx512_bf16" in first.split())
+
+
+def test_gemm_shapes_cover_every_kernel_in_three_orientations():
+    config = NetworkConfig(num_slots=1, feature_dim=16, hidden_dim=16)
+    params = policy.init(jax.random.PRNGKey(0), config)
+    shapes = headroom.gemm_shapes(params, rows=30)
+    kernels = {np.shape(x) for path, x in jax.tree_util.tree_leaves_with_path(params) if is_kernel(path)}
+    assert {(k, n) for kind, m, k, n in shapes if kind == "forward" and m == 30} == kernels
+    assert {(n, k) for kind, m, k, n in shapes if kind == "input grad" and m == 30} == kernels
+    assert {(m, n) for kind, m, k, n in shapes if kind == "weight grad" and k == 30} == kernels
+    assert len(shapes) == len(set(shapes)) == 3 * len(kernels)
+
+
+def test_time_gemms_reports_both_rates():
+    import pytest
+
+    torch = pytest.importorskip("torch")
+    (row,) = headroom.time_gemms([("forward", 8, 4, 6)], torch, rounds=2)
+    assert (row["kind"], row["m"], row["k"], row["n"]) == ("forward", 8, 4, 6)
+    assert row["xla_gflops"] > 0 and row["torch_gflops"] > 0
