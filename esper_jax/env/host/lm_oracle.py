@@ -26,22 +26,19 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from esper_jax.contracts import SeedStage
 from esper_jax.env import signals
 from esper_jax.env.config import EnvConfig, HostConfig
 from esper_jax.env.host import transformer as tf
+from esper_jax.env.host.seed_oracle import SeedOracle
 from esper_jax.env.host.seed_sgd import (
     GradientStats,
     SlotControl,
     SlotParams,
-    empty_slots,
     gradient_stats,
     host_sgd,
     keep_sampled,
     seed_flags,
-    slot_control,
     slot_sgd,
-    sync_seeds,
 )
 from esper_jax.env.host.tokens import TokenData
 from esper_jax.env.host.transformer_blueprints import (
@@ -50,7 +47,7 @@ from esper_jax.env.host.transformer_blueprints import (
     TransformerSlotLayout,
     blend,
 )
-from esper_jax.env.oracle import ConfigLayout, Measurement, SlotView
+from esper_jax.env.oracle import ConfigLayout, SlotView
 
 
 @struct.dataclass
@@ -72,8 +69,11 @@ def _token_loss(logits: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class LMOracle:
-    """Real transformer hosts (hashable: part of the static env; the tokens hash by content)."""
+class LMOracle(SeedOracle):
+    """Real transformer hosts (hashable: part of the static env; the tokens hash by content). The measurement step
+    (``measure``), seed bookkeeping and the twin are ``SeedOracle``'s."""
+
+    branch_of_blueprint = BRANCH_OF_BLUEPRINT
 
     spec: tf.TransformerSpec
     layouts: tuple[TransformerSlotLayout, ...]
@@ -114,14 +114,6 @@ class LMOracle:
             data=data,
         )
 
-    @property
-    def num_slots(self) -> int:
-        return len(self.layouts)
-
-    @property
-    def has_twin(self) -> bool:
-        return self.compat != "upstream"
-
     # ---- the network with its slots ------------------------------------------------------------------------
 
     def _slot(self, i: int, slots: tuple[SlotParams, ...], ctrl: SlotControl, h: jnp.ndarray) -> jnp.ndarray:
@@ -146,28 +138,10 @@ class LMOracle:
     def host_only(self, host: tf.TransformerParams, tokens: jnp.ndarray) -> jnp.ndarray:
         return tf.forward(self.spec, host, tokens, tf.no_injection)
 
-    def control(self, view: SlotView, alpha: jnp.ndarray | None = None) -> SlotControl:
-        return slot_control(view, BRANCH_OF_BLUEPRINT, alpha)
-
     # ---- Oracle protocol -----------------------------------------------------------------------------------
 
     def init(self, key: jax.Array) -> LMHostState:
-        host = tf.init_host(self.spec, key)
-        slots = empty_slots(self.layouts, self.gates)
-        s = self.num_slots
-        return LMHostState(
-            host=host,
-            host_momentum=jax.tree.map(jnp.zeros_like, host),
-            slots=slots,
-            seed_id=jnp.full((s,), -1, jnp.int32),
-            stage=jnp.full((s,), SeedStage.DORMANT, jnp.int32),
-            gate_live=jnp.zeros((s,), jnp.bool_),
-            twin=host if self.has_twin else None,
-            twin_momentum=jax.tree.map(jnp.zeros_like, host) if self.has_twin else None,
-        )
-
-    def _sync_seeds(self, state: LMHostState, view: SlotView, key: jax.Array) -> LMHostState:
-        return sync_seeds(state, view, self.control(view).branch, self.layouts, self.gates, key)
+        return self._fresh_state(LMHostState, tf.init_host(self.spec, key))
 
     def _windows(self, key: jax.Array, shape: tuple[int, ...]) -> jnp.ndarray:
         """Random train windows int [*shape, block_size + 1]."""
@@ -272,24 +246,7 @@ class LMOracle:
         correct = jnp.argmax(logits, axis=-1) == targets
         return 100.0 * jnp.mean(correct.astype(jnp.float32), axis=(1, 2)), jnp.mean(_token_loss(logits, targets), (1, 2))
 
-    def keep_matrix(self, rows: int) -> np.ndarray:
-        """int [K, S] static keep-pattern of the fused-validation rows (the env's ``ConfigLayout``)."""
-        keep = self.layout.keep().astype(np.int32)
-        if keep.shape[0] != rows:
-            raise ValueError(f"LMOracle expects the env's {keep.shape[0]} fused-validation rows, got {rows}")
-        return keep
-
-    def measure(
-        self, state: LMHostState, view: SlotView, configs: jnp.ndarray, epoch: jnp.ndarray, key: jax.Array
-    ) -> tuple[LMHostState, Measurement]:
-        k_sync, k_train = jax.random.split(key)
-        state = self._sync_seeds(state, view, k_sync)
-        state, stats = self._train(state, view, k_train)
-        acc, loss = self.validate(state, view, configs)
-        if self.has_twin:
-            tokens = jnp.asarray(self.data.val_windows[:, :-1])
-            twin_hidden = tf.forward_many(self.spec, state.twin, tokens, tf.no_injection)
-            reference = 100.0 * jnp.mean(self.token_scores(state.twin, twin_hidden)[0].astype(jnp.float32))
-        else:
-            reference = acc[0]
-        return state, stats.measurement(acc, loss, reference)
+    def _twin_accuracy(self, state: LMHostState) -> jnp.ndarray:
+        tokens = jnp.asarray(self.data.val_windows[:, :-1])
+        twin_hidden = tf.forward_many(self.spec, state.twin, tokens, tf.no_injection)
+        return 100.0 * jnp.mean(self.token_scores(state.twin, twin_hidden)[0].astype(jnp.float32))

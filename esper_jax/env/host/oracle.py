@@ -35,7 +35,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from esper_jax.contracts import SeedStage
 from esper_jax.env import signals
 from esper_jax.env.config import EnvConfig, HostConfig
 from esper_jax.env.host import cnn
@@ -43,20 +42,18 @@ from esper_jax.env.host.augment import augment
 from esper_jax.env.host.blend import GateLayout, blend
 from esper_jax.env.host.blueprints import BRANCH_OF_BLUEPRINT, SlotLayout
 from esper_jax.env.host.data import Dataset, DeviceData
+from esper_jax.env.host.seed_oracle import SeedOracle
 from esper_jax.env.host.seed_sgd import (
     GradientStats,
     SlotControl,
     SlotParams,
-    empty_slots,
     gradient_stats,
     host_sgd,
     keep_sampled,
     seed_flags,
-    slot_control,
     slot_sgd,
-    sync_seeds,
 )
-from esper_jax.env.oracle import ConfigLayout, Measurement, SlotView
+from esper_jax.env.oracle import ConfigLayout, SlotView
 
 __all__ = ["GradientStats", "HostOracle", "HostState", "SlotControl", "SlotParams"]
 
@@ -82,8 +79,11 @@ def _cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class HostOracle:
-    """Real host networks (hashable: part of the static env; the dataset hashes by content)."""
+class HostOracle(SeedOracle):
+    """Real host networks (hashable: part of the static env; the dataset hashes by content). The measurement step
+    (``measure``), seed bookkeeping and the twin are ``SeedOracle``'s."""
+
+    branch_of_blueprint = BRANCH_OF_BLUEPRINT
 
     spec: cnn.HostSpec
     layouts: tuple[SlotLayout, ...]  # per enabled slot
@@ -147,10 +147,6 @@ class HostOracle:
             data=data,
         )
 
-    @property
-    def num_slots(self) -> int:
-        return len(self.layouts)
-
     # ---- data ----------------------------------------------------------------------------------------------
 
     def device_data(self) -> DeviceData:
@@ -200,34 +196,15 @@ class HostOracle:
     def host_only(self, host: cnn.HostParams, images: jnp.ndarray) -> jnp.ndarray:
         return cnn.forward(self.spec, host, images, cnn.no_injection)
 
-    def control(self, view: SlotView, alpha: jnp.ndarray | None = None) -> SlotControl:
-        return slot_control(view, BRANCH_OF_BLUEPRINT, alpha)
-
     # ---- Oracle protocol -----------------------------------------------------------------------------------
 
     def init(self, key: jax.Array) -> HostState:
-        host = cnn.init_host(self.spec, key)  # seeds get their parameters when germinated (_sync_seeds)
-        slots = empty_slots(self.layouts, self.gates)
-        s = self.num_slots
-        return HostState(
-            host=host,
-            host_momentum=jax.tree.map(jnp.zeros_like, host),
-            slots=slots,
-            seed_id=jnp.full((s,), -1, jnp.int32),
-            stage=jnp.full((s,), SeedStage.DORMANT, jnp.int32),
-            gate_live=jnp.zeros((s,), jnp.bool_),
-            twin=host if self.has_twin else None,
-            twin_momentum=jax.tree.map(jnp.zeros_like, host) if self.has_twin else None,
+        return self._fresh_state(
+            HostState,
+            cnn.init_host(self.spec, key),
             val_start=None if self.host.val_subset is None else jax.random.randint(
                 jax.random.fold_in(key, 1), (), 0, self.data.num_val, jnp.int32),
         )
-
-    @property
-    def has_twin(self) -> bool:
-        return self.compat != "upstream"
-
-    def _sync_seeds(self, state: HostState, view: SlotView, key: jax.Array) -> HostState:
-        return sync_seeds(state, view, self.control(view).branch, self.layouts, self.gates, key)
 
     def _gradient_stats(
         self, host_grads: cnn.HostParams, seed_grads: tuple[jnp.ndarray, ...], ctrl: SlotControl, sampled: jnp.ndarray
@@ -335,26 +312,6 @@ class HostOracle:
         final = [tuple(int(v) for v in row) for row in keep]
         return logits[np.asarray([patterns.index(f[: len(patterns[0])]) for f in final])]
 
-    def keep_matrix(self, rows: int) -> np.ndarray:
-        """int [K, S] static keep-pattern of the fused-validation rows (the env's ``ConfigLayout``)."""
-        keep = self.layout.keep().astype(np.int32)
-        if keep.shape[0] != rows:
-            raise ValueError(
-                f"HostOracle expects the env's {keep.shape[0]} fused-validation rows (ConfigLayout), got {rows}"
-            )
-        return keep
-
-    def measure(
-        self, state: HostState, view: SlotView, configs: jnp.ndarray, epoch: jnp.ndarray, key: jax.Array
-    ) -> tuple[HostState, Measurement]:
-        k_sync, k_train = jax.random.split(key)
-        state = self._sync_seeds(state, view, k_sync)
-        state, stats = self._train(state, view, k_train)
-        acc, loss = self.validate(state, view, configs)
-        if self.has_twin:
-            images, labels = self._val_batch(state)
-            reference = self._scores(self.host_only(state.twin, images)[None], labels)[0][0]
-        else:
-            reference = acc[0]
-        return state, stats.measurement(acc, loss, reference)
-
+    def _twin_accuracy(self, state: HostState) -> jnp.ndarray:
+        images, labels = self._val_batch(state)
+        return self._scores(self.host_only(state.twin, images)[None], labels)[0][0]
