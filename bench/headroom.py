@@ -59,20 +59,32 @@ def cpu_features() -> dict[str, bool]:
             "amx_bf16": "amx_bf16" in flags}
 
 
-def matmul_rate(torch: Any, rounds: int = 5) -> dict[str, float]:
+def _best_walls(a: np.ndarray, b: np.ndarray, torch: Any, rounds: int, settle_s: float) -> tuple[float, float | None]:
+    """Best wall time of ``a @ b`` in XLA and in torch (None without torch) over ``rounds`` alternating rounds,
+    each timed call after a pause of ``settle_s`` and an untimed call (which wakes that side's threads)."""
+    xa, xb = jnp.asarray(a), jnp.asarray(b)
+    xla_s, torch_s = [], []
+    for _ in range(rounds):
+        time.sleep(settle_s)
+        _GEMM(xa, xb).block_until_ready()
+        xla_s.append(_wall(lambda: _GEMM(xa, xb).block_until_ready()))
+        if torch is not None:
+            ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+            time.sleep(settle_s)
+            torch.mm(ta, tb)
+            torch_s.append(_wall(lambda: torch.mm(ta, tb)))
+    return min(xla_s), (min(torch_s) if torch_s else None)
+
+
+def matmul_rate(torch: Any, rounds: int = 5, settle_s: float = SETTLE_S) -> dict[str, float]:
     """Measured float32 GEMM rate (FLOP/s) of [GEMM × GEMM] @ [GEMM × GEMM] in torch and in XLA, best of ``rounds``
     (the side-by-side takes the best over its rounds: the least disturbed figure on a shared machine)."""
     a = np.random.default_rng(0).standard_normal((GEMM, GEMM)).astype(np.float32)
     flops = 2.0 * GEMM**3
-    jitted = _GEMM
-    xa = jnp.asarray(a)
-    jitted(xa, xa).block_until_ready()
-    best_jax = min(_wall(lambda: jitted(xa, xa).block_until_ready()) for _ in range(rounds))
-    out = {"xla_flops": flops / best_jax}
-    if torch is not None:
-        ta = torch.from_numpy(a)
-        torch.mm(ta, ta)
-        out["torch_flops"] = flops / min(_wall(lambda: torch.mm(ta, ta)) for _ in range(rounds))
+    best_xla, best_torch = _best_walls(a, a, torch, rounds, settle_s)
+    out = {"xla_flops": flops / best_xla}
+    if best_torch is not None:
+        out["torch_flops"] = flops / best_torch
     out["best_flops"] = max(out.values())
     return out
 
@@ -113,25 +125,14 @@ def time_gemms(shapes: list[tuple[str, int, int, int]], torch: Any, rounds: int,
     for kind, m, k, n in shapes:
         a = rng.standard_normal((m, k)).astype(np.float32)
         b = rng.standard_normal((k, n)).astype(np.float32)
-        xa, xb, ta, tb = jnp.asarray(a), jnp.asarray(b), torch.from_numpy(a), torch.from_numpy(b)
-        _GEMM(xa, xb).block_until_ready()
-        torch.mm(ta, tb)
-        xla_s, torch_s = [], []
-        for _ in range(rounds):
-            time.sleep(settle_s)
-            _GEMM(xa, xb).block_until_ready()  # wakes XLA's pool; the timed call follows
-            xla_s.append(_wall(lambda: _GEMM(xa, xb).block_until_ready()))
-            time.sleep(settle_s)
-            torch.mm(ta, tb)
-            torch_s.append(_wall(lambda: torch.mm(ta, tb)))
+        best_xla, best_torch = _best_walls(a, b, torch, rounds, settle_s)
         flop = 2.0 * m * k * n
-        out.append({"kind": kind, "m": m, "k": k, "n": n, "xla_gflops": flop / min(xla_s) / 1e9,
-                    "torch_gflops": flop / min(torch_s) / 1e9})
+        out.append({"kind": kind, "m": m, "k": k, "n": n, "xla_gflops": flop / best_xla / 1e9,
+                    "torch_gflops": flop / best_torch / 1e9})
     return out
 
 
-def side_by_side(num_envs: int, rounds: int, torch: Any, matmul_dtype: str | None, settle_s: float = SETTLE_S
-                 ) -> dict[str, Any]:
+def side_by_side(num_envs: int, rounds: int, torch: Any, matmul_dtype: str | None) -> dict[str, Any]:
     torch_net = fixtures.torch_network(torch, fixtures.network_config())
     jitted, args, kwargs, _config, params = update_bench.build_jax(num_envs, torch_net, matmul_dtype=matmul_dtype)
     compiled = common.compile_jax(jitted, *args, **kwargs)
@@ -145,11 +146,10 @@ def side_by_side(num_envs: int, rounds: int, torch: Any, matmul_dtype: str | Non
     torch_step()  # warm-up of both
     jax_s, torch_s, gemm = [], [], []
     for _ in range(rounds):
-        time.sleep(settle_s)
+        time.sleep(SETTLE_S)
         jax_s.append(_wall(jax_update))
-        time.sleep(settle_s)
+        time.sleep(SETTLE_S)
         torch_s.append(_wall(torch_step))
-        time.sleep(settle_s)
         gemm.append(matmul_rate(torch, rounds=1))  # in the same rounds, so it sees the same load
     flops = update_flops(params, num_envs * SEQ_LEN)
     jax_med, torch_med = statistics.median(jax_s), statistics.median(torch_s)
