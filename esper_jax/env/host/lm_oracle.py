@@ -23,7 +23,6 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
 from esper_jax.env import signals
@@ -74,6 +73,7 @@ class LMOracle(SeedOracle):
     (``measure``), seed bookkeeping and the twin are ``SeedOracle``'s."""
 
     branch_of_blueprint = BRANCH_OF_BLUEPRINT
+    blend_fn = staticmethod(blend)
 
     spec: tf.TransformerSpec
     layouts: tuple[TransformerSlotLayout, ...]
@@ -199,37 +199,12 @@ class LMOracle(SeedOracle):
 
     def correctness(self, state: LMHostState, view: SlotView, configs: jnp.ndarray):
         """Per-token correctness [K, V, T] and token loss [K, V, T] of the K alpha rows of ``configs`` (the env's
-        fused-validation layout). Rows agreeing on which of the slots before slot j are on feed slot j the same
-        hidden states, so the pass branches only where they differ (at most 2^j variants reach slot j) and every
-        seed runs once per variant, as in the CNN host env."""
-        keep = self.keep_matrix(configs.shape[0])
-        ctrl = self.control(view)
-        slot_of = {seg: i for i, seg in enumerate(self.slot_segments)}
-        patterns = [()]
-
-        def inject(seg: int, h: jnp.ndarray) -> jnp.ndarray:
-            nonlocal patterns
-            if seg not in slot_of:
-                return h
-            j = slot_of[seg]
-            s = jax.vmap(lambda x: self.layouts[j].apply(ctrl.branch[j], state.slots[j].seed, x))(h)
-            gate = jax.vmap(lambda x: self.gates[j].apply(state.slots[j].gate, x))(h)
-            new = sorted({tuple(int(v) for v in row[: j + 1]) for row in keep})
-            parent = np.asarray([patterns.index(p[:-1]) for p in new])
-            bit = np.asarray([p[-1] for p in new], bool)
-            rep = np.asarray([next(r for r, row in enumerate(keep) if tuple(row[: j + 1]) == p) for p in new])
-
-            def one(h_p, s_p, g_p, a, on):
-                y = blend(ctrl.algorithm[j], h_p, s_p, h_p, a, g_p)
-                return jnp.where(on & ctrl.blended[j] & (a > 0.0), y, h_p)
-
-            patterns = new
-            return jax.vmap(one)(h[parent], s[parent], gate[parent], configs[rep, j], jnp.asarray(bit))
-
-        hidden = tf.forward_many(self.spec, state.host, jnp.asarray(self.data.val_windows[:, :-1]), inject)
-        correct, loss = self.token_scores(state.host, hidden)
-        row_of = np.asarray([patterns.index(tuple(int(v) for v in row[: len(patterns[0])])) for row in keep])
-        return correct[row_of], loss[row_of]
+        fused-validation layout), by ``SeedOracle._fused_rows`` as in the CNN host env."""
+        tokens = jnp.asarray(self.data.val_windows[:, :-1])
+        return self._fused_rows(
+            state, view, configs, self.slot_segments,
+            lambda inject: self.token_scores(state.host, tf.forward_many(self.spec, state.host, tokens, inject)),
+        )
 
     def validate(self, state: LMHostState, view: SlotView, configs: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
         """(next-token accuracy % [K], mean token loss [K]) over the validation windows."""

@@ -32,7 +32,6 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
 from esper_jax.env import signals
@@ -84,6 +83,7 @@ class HostOracle(SeedOracle):
     (``measure``), seed bookkeeping and the twin are ``SeedOracle``'s."""
 
     branch_of_blueprint = BRANCH_OF_BLUEPRINT
+    blend_fn = staticmethod(blend)
 
     spec: cnn.HostSpec
     layouts: tuple[SlotLayout, ...]  # per enabled slot
@@ -281,36 +281,10 @@ class HostOracle(SeedOracle):
         return 100.0 * jnp.mean(correct.astype(jnp.float32), axis=-1), loss
 
     def _fused_logits(self, state: HostState, view: SlotView, configs: jnp.ndarray, images: jnp.ndarray):
-        keep = self.keep_matrix(configs.shape[0])
-        ctrl = self.control(view)
-        slot_of_block = {b: i for i, b in enumerate(self.slot_blocks)}
-        # Variants before slot j: the distinct keep-patterns of slots < j (static), each with a representative row.
-        patterns = [()]
-
-        def inject(block: int, h: jnp.ndarray) -> jnp.ndarray:
-            nonlocal patterns
-            if block not in slot_of_block:
-                return h
-            j = slot_of_block[block]
-            x_s = h  # validation: no gradients, isolation is moot
-            s = jax.vmap(lambda x: self.layouts[j].apply(ctrl.branch[j], state.slots[j].seed, x))(x_s)
-            gate = jax.vmap(lambda x: self.gates[j].apply(state.slots[j].gate, x))(x_s)
-            new_patterns = sorted({tuple(int(v) for v in row[: j + 1]) for row in keep})
-            parent = np.asarray([patterns.index(p[:-1]) for p in new_patterns])
-            bit = np.asarray([p[-1] for p in new_patterns], bool)
-            rep = np.asarray([next(r for r, row in enumerate(keep) if tuple(row[: j + 1]) == p) for p in new_patterns])
-            alpha = configs[rep, j]
-
-            def one(h_p, s_p, x_p, g_p, a, on):
-                y = blend(ctrl.algorithm[j], h_p, s_p, x_p, a, g_p)
-                return jnp.where(on & ctrl.blended[j] & (a > 0.0), y, h_p)
-
-            patterns = new_patterns
-            return jax.vmap(one)(h[parent], s[parent], x_s[parent], gate[parent], alpha, jnp.asarray(bit))
-
-        logits = cnn.forward_many(self.spec, state.host, images, inject)
-        final = [tuple(int(v) for v in row) for row in keep]
-        return logits[np.asarray([patterns.index(f[: len(patterns[0])]) for f in final])]
+        return self._fused_rows(
+            state, view, configs, self.slot_blocks,
+            lambda inject: cnn.forward_many(self.spec, state.host, images, inject),
+        )
 
     def _twin_accuracy(self, state: HostState) -> jnp.ndarray:
         images, labels = self._val_batch(state)

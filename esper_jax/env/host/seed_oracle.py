@@ -1,8 +1,9 @@
 """``SeedOracle``: the oracle protocol the CNN (``oracle.HostOracle``) and the transformer (``lm_oracle.LMOracle``)
 host oracles share (docs/environment.md#step-order): one measurement = bookkeeping of seeds born/fossilised since
 the last call → the SGD steps → the fused validation of the K alpha rows → under ``fixed``, the seedless twin's
-accuracy as the reference (quirk 15). Each oracle supplies its network: ``_train``, ``validate``,
-``_twin_accuracy``, and ``branch_of_blueprint`` (which seed branch each blueprint index runs).
+accuracy as the reference (quirk 15); and the fused validation's branching over the K alpha rows
+(``_fused_rows``). Each oracle supplies its network: ``_train``, ``validate``, ``_twin_accuracy``,
+``branch_of_blueprint`` (which seed branch each blueprint index runs) and ``blend_fn`` (its blend operator).
 
 A mixin without fields, so the two oracles stay frozen dataclasses with their own fields; it reads the ones both
 have: ``layouts``, ``gates``, ``compat`` and ``layout`` (the env's ``ConfigLayout``).
@@ -22,7 +23,8 @@ from esper_jax.env.oracle import Measurement, SlotView
 
 
 class SeedOracle:
-    branch_of_blueprint: Any  # class attribute of each oracle: blueprint index → seed branch
+    branch_of_blueprint: Any  # class attributes of each oracle: blueprint index → seed branch,
+    blend_fn: Any  # and blend(algorithm, h, s, x, alpha, gate) as a staticmethod
 
     @property
     def num_slots(self) -> int:
@@ -63,6 +65,43 @@ class SeedOracle:
                 f"got {rows}"
             )
         return keep
+
+    def _fused_rows(self, state, view: SlotView, configs: jnp.ndarray, sites: tuple[int, ...], run):
+        """The fused validation of the K alpha rows of ``configs`` (the env's layout; docs/environment.md
+        #counterfactual-validation). Rows agreeing on which of the slots before slot j are on feed slot j the same
+        hidden states, so the pass branches only where they differ (at most 2^j variants reach slot j) and every
+        seed runs once per variant. ``sites``: the host site (block or segment) each enabled slot follows;
+        ``run(inject)``: the host's ``forward_many`` under that injection, whose outputs (a pytree) lead with the
+        variant axis. Returns those outputs in the K rows."""
+        keep = self.keep_matrix(configs.shape[0])
+        ctrl = self.control(view)
+        slot_of = {site: i for i, site in enumerate(sites)}
+        # Variants before slot j: the distinct keep-patterns of slots < j (static), each with a representative row.
+        patterns = [()]
+
+        def inject(site: int, h: jnp.ndarray) -> jnp.ndarray:
+            nonlocal patterns
+            if site not in slot_of:
+                return h
+            j = slot_of[site]
+            # validation: no gradients, so the seed reads h itself (isolation is moot)
+            s = jax.vmap(lambda x: self.layouts[j].apply(ctrl.branch[j], state.slots[j].seed, x))(h)
+            gate = jax.vmap(lambda x: self.gates[j].apply(state.slots[j].gate, x))(h)
+            new = sorted({tuple(int(v) for v in row[: j + 1]) for row in keep})
+            parent = np.asarray([patterns.index(p[:-1]) for p in new])
+            bit = np.asarray([p[-1] for p in new], bool)
+            rep = np.asarray([next(r for r, row in enumerate(keep) if tuple(row[: j + 1]) == p) for p in new])
+
+            def one(h_p, s_p, g_p, a, on):
+                y = self.blend_fn(ctrl.algorithm[j], h_p, s_p, h_p, a, g_p)
+                return jnp.where(on & ctrl.blended[j] & (a > 0.0), y, h_p)
+
+            patterns = new
+            return jax.vmap(one)(h[parent], s[parent], gate[parent], configs[rep, j], jnp.asarray(bit))
+
+        out = run(inject)
+        row_of = np.asarray([patterns.index(tuple(int(v) for v in row[: len(patterns[0])])) for row in keep])
+        return jax.tree.map(lambda x: x[row_of], out)
 
     def measure(
         self, state, view: SlotView, configs: jnp.ndarray, epoch: jnp.ndarray, key: jax.Array
