@@ -12,6 +12,10 @@ at [envs × 150], so its effect can be read off directly:
   network would gain. Same function: the weights are concatenated, not changed.
 * breakdown: the trunk alone (feature net + LSTM + heads) vs the whole ``get_action`` (plus masking, sampling of
   eight heads, log-probs, Q), so the sampling overhead per step is visible.
+* ``update_variants``: the update as compiled by default, under each XLA CPU option set of ``XLA_CPU_OPTIONS``
+  (all keep float32 maths) and run time-major end to end (``_time_major_update``), timed in alternating rounds
+  with a pause before every call (as ``bench.headroom``), with each variant's largest output difference from the
+  default and the page faults and system time of its calls.
 """
 
 from __future__ import annotations
@@ -21,15 +25,22 @@ import contextlib
 import functools
 import itertools
 import json
+import resource
+import statistics
+import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bench import common, fixtures
 from bench import rollout as rollout_bench
 from bench import update as update_bench
+from bench.headroom import SETTLE_S
 from esper_jax import lstm as lstm_mod
 from esper_jax import network as network_mod
+from esper_jax import policy as policy_mod
+from esper_jax import ppo as ppo_mod
 from esper_jax.contracts import HEAD_NAMES
 
 SEQ_LEN = fixtures.SEQ_LEN
@@ -87,6 +98,94 @@ def update_lstm_unroll(num_envs: int, options: common.Options, unrolls=(1, 2, 4,
         out.append(dict(lever=f"update lstm_unroll={k}", envs=num_envs, median_s=median,
                         samples_per_s=num_envs * SEQ_LEN / median, compile_s=compile_s))
     return out
+
+
+# XLA CPU compile options tried on the update; each keeps float32 maths (none enables fast math).
+XLA_CPU_OPTIONS: dict[str, dict[str, object]] = {
+    "oneDNN dots": {"xla_cpu_use_onednn": True, "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"},
+    "XNNPACK dots": {"xla_cpu_experimental_xnn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"},
+    "dots out of YNNPACK": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"},
+    "region-analysis copy insertion": {"xla_cpu_copy_insertion_use_region_analysis": True},
+}
+
+
+def _time_major_lstm_layer(x, hc, kernel_ih, kernel_hh, bias_ih, bias_hh, unroll=1, matmul_dtype=None):
+    """``lstm._lstm_layer`` for ``x [T, B, in]``: the same maths with no axis moves around the recurrence."""
+    mm = x.dtype if matmul_dtype is None else matmul_dtype
+    input_gates = lstm_mod.matmul(x, kernel_ih, mm) + bias_ih
+    h0, c0 = hc[0].astype(x.dtype), hc[1].astype(x.dtype)
+    ys, h_t, c_t = lstm_mod._recurrence(kernel_hh, bias_hh, input_gates, h0, c0, np.dtype(mm).name, unroll)
+    return ys, (h_t, c_t)
+
+
+@contextlib.contextmanager
+def _time_major_update():
+    """Patch, in this process only, so that ``ppo.update`` runs the network on the trajectory's own ``[T, E]``
+    layout: the batch keeps it (GAE still runs per env, its outputs are moved back), the LSTM layer takes
+    ``[T, E, in]`` as is, and the carry check looks at the carry's [L, H] only. Single-minibatch only
+    (``select_minibatch`` picks envs on the first axis)."""
+    original = (ppo_mod.prepare_batch, lstm_mod._lstm_layer, policy_mod._check_carry)
+    prepare, _, check_carry = original
+
+    def time_major_batch(trajectory, config):
+        batch, advantages = prepare(trajectory, config)
+        swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
+        batch = batch.replace(
+            features=trajectory.features, blueprint_indices=trajectory.blueprint_indices,
+            actions=trajectory.actions, log_probs=trajectory.log_probs, masks=trajectory.masks,
+            values=trajectory.value, returns=swap(batch.returns), advantages=swap(batch.advantages),
+            valid=trajectory.valid)
+        return batch, swap(advantages)
+
+    ppo_mod.prepare_batch = time_major_batch
+    lstm_mod._lstm_layer = _time_major_lstm_layer
+    # evaluate_actions checks the carry against the inputs' axes before time, which are now [T]: check [L, H] only.
+    policy_mod._check_carry = lambda config, carry, lead: check_carry(config, carry, np.shape(carry.h)[:-2])
+    jax.clear_caches()
+    try:
+        yield
+    finally:
+        ppo_mod.prepare_batch, lstm_mod._lstm_layer, policy_mod._check_carry = original
+        jax.clear_caches()
+
+
+def _max_abs_diff(a, b) -> float:
+    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+               for x, y in pairs if np.asarray(x).dtype.kind == "f")
+
+
+def update_variants(num_envs: int, options: common.Options, rounds: int = 6) -> list[dict]:
+    """The default update against each XLA option set and the time-major network, in alternating rounds."""
+    jitted, args, kwargs, *_ = update_bench.build_jax(num_envs)
+    fresh = jax.jit(jitted.__wrapped__, static_argnames=tuple(kwargs))
+    lowered = fresh.lower(*args, **kwargs)
+    variants = {"default": lowered.compile()}
+    for name, flags in XLA_CPU_OPTIONS.items():
+        variants[name] = lowered.compile(compiler_options=flags)
+    with _time_major_update():
+        retraced = jax.jit(jitted.__wrapped__, static_argnames=tuple(kwargs))
+        variants["time-major network"] = retraced.lower(*args, **kwargs).compile()
+    reference = jax.device_get(variants["default"](*args))
+    diffs = {name: _max_abs_diff(reference, jax.device_get(fn(*args))) for name, fn in variants.items()}
+    walls = {name: [] for name in variants}
+    faults = {name: [] for name in variants}
+    system = {name: [] for name in variants}
+    names = list(variants)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:  # alternate the order so no variant always goes first
+            time.sleep(SETTLE_S)
+            before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+            jax.block_until_ready(variants[name](*args))
+            walls[name].append(time.perf_counter() - start)
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            faults[name].append(after.ru_minflt - before.ru_minflt)
+            system[name].append(after.ru_stime - before.ru_stime)
+    base = statistics.median(walls["default"])
+    return [dict(lever=f"update: {name}", envs=num_envs, rounds=rounds, median_s=statistics.median(walls[name]),
+                 min_s=min(walls[name]), default_over_this=base / statistics.median(walls[name]),
+                 max_abs_diff_vs_default=diffs[name], minor_faults_per_call=statistics.median(faults[name]),
+                 system_s_per_call=statistics.median(system[name])) for name in names]
 
 
 def breakdown(num_envs: int, options: common.Options) -> list[dict]:
@@ -165,7 +264,10 @@ def breakdown(num_envs: int, options: common.Options) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.levers")
     parser.add_argument("--envs", type=int, default=4)
-    parser.add_argument("--only", default="breakdown,rollout_unroll,update_lstm_unroll")
+    parser.add_argument("--only", default="breakdown,rollout_unroll,update_lstm_unroll",
+                        help="comma-separated experiments: breakdown, rollout_unroll, rollout_lstm_unroll, "
+                             "update_lstm_unroll, update_variants")
+    parser.add_argument("--rounds", type=int, default=6, help="alternating rounds of update_variants")
     args = parser.parse_args()
     options = common.Options(warmup=1, reps=5, min_reps=3, budget_s=10.0)
     experiments = {
@@ -173,7 +275,11 @@ def main() -> None:
         "rollout_unroll": rollout_unroll,
         "rollout_lstm_unroll": rollout_lstm_unroll,
         "update_lstm_unroll": update_lstm_unroll,
+        "update_variants": functools.partial(update_variants, rounds=args.rounds),
     }
+    unknown = [name for name in args.only.split(",") if name not in experiments]
+    if unknown:
+        parser.error(f"--only: unknown experiment(s) {unknown}; choose from {', '.join(experiments)}")
     print(f"# host: {common.host_info()}", flush=True)
     for name in args.only.split(","):
         for row in experiments[name](args.envs, options):
