@@ -227,6 +227,12 @@ class Compiled:
 COMPILE_LOG: dict[tuple[str, int], tuple[float, float]] = {}
 
 
+def fresh_jit(jitted: Any, kwargs: dict[str, Any]) -> Any:
+    """A new ``jax.jit`` of a benchmark's undecorated function, its keyword arguments static: it traces anew (so a
+    patch applied since the first jit takes effect) and its first call or lowering is a first compile."""
+    return jax.jit(jitted.__wrapped__, static_argnames=tuple(kwargs))
+
+
 def compile_jax(jitted: Any, *args: Any, label: tuple[str, int] | None = None, **kwargs: Any) -> Compiled:
     """Ahead-of-time lower + compile, so the timed calls never include compilation and its cost is known exactly.
     ``label`` records the cost in COMPILE_LOG under (function name, envs)."""

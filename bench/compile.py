@@ -59,7 +59,7 @@ def _fresh(builder: Callable[[], tuple]) -> Callable[[], tuple]:
 
     def build():
         jitted, args, kwargs, *_ = builder()
-        return jax.jit(jitted.__wrapped__, static_argnames=tuple(kwargs)), args, kwargs
+        return common.fresh_jit(jitted, kwargs), args, kwargs
 
     return build
 

@@ -93,8 +93,7 @@ def update_lstm_unroll(num_envs: int, options: common.Options, unrolls=(1, 2, 4,
     for k in unrolls:
         with _lstm_unrolled(k):
             jitted, args, kwargs, *_ = update_bench.build_jax(num_envs)
-            fresh = jax.jit(jitted.__wrapped__, static_argnames=tuple(kwargs))  # retrace with the patched layer
-            median, compile_s = _time(fresh, args, kwargs, options)
+            median, compile_s = _time(common.fresh_jit(jitted, kwargs), args, kwargs, options)  # patched layer
         out.append(dict(lever=f"update lstm_unroll={k}", envs=num_envs, median_s=median,
                         samples_per_s=num_envs * SEQ_LEN / median, compile_s=compile_s))
     return out
@@ -158,14 +157,12 @@ def _max_abs_diff(a, b) -> float:
 def update_variants(num_envs: int, options: common.Options, rounds: int = 6) -> list[dict]:
     """The default update against each XLA option set and the time-major network, in alternating rounds."""
     jitted, args, kwargs, *_ = update_bench.build_jax(num_envs)
-    fresh = jax.jit(jitted.__wrapped__, static_argnames=tuple(kwargs))
-    lowered = fresh.lower(*args, **kwargs)
+    lowered = common.fresh_jit(jitted, kwargs).lower(*args, **kwargs)
     variants = {"default": lowered.compile()}
     for name, flags in XLA_CPU_OPTIONS.items():
         variants[name] = lowered.compile(compiler_options=flags)
     with _time_major_update():
-        retraced = jax.jit(jitted.__wrapped__, static_argnames=tuple(kwargs))
-        variants["time-major network"] = retraced.lower(*args, **kwargs).compile()
+        variants["time-major network"] = common.fresh_jit(jitted, kwargs).lower(*args, **kwargs).compile()
     reference = jax.device_get(variants["default"](*args))
     diffs = {name: _max_abs_diff(reference, jax.device_get(fn(*args))) for name, fn in variants.items()}
     walls = {name: [] for name in variants}

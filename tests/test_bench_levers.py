@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from bench import levers
+from bench import common, levers
 from bench import update as update_bench
 from esper_jax import lstm, policy, ppo
 
@@ -15,10 +15,10 @@ from esper_jax import lstm, policy, ppo
 def test_time_major_update_matches_the_default_and_restores_the_library():
     jitted, args, kwargs, *_ = update_bench.build_jax(2, num_steps=6)
     original = (ppo.prepare_batch, lstm._lstm_layer, policy._check_carry)
-    default = jax.device_get(jax.jit(jitted.__wrapped__, static_argnames=tuple(kwargs))(*args, **kwargs))
+    default = jax.device_get(common.fresh_jit(jitted, kwargs)(*args, **kwargs))
     with levers._time_major_update():
         assert lstm._lstm_layer is levers._time_major_lstm_layer
-        time_major = jax.device_get(jax.jit(jitted.__wrapped__, static_argnames=tuple(kwargs))(*args, **kwargs))
+        time_major = jax.device_get(common.fresh_jit(jitted, kwargs)(*args, **kwargs))
     assert (ppo.prepare_batch, lstm._lstm_layer, policy._check_carry) == original
     new_state, metrics = time_major
     assert levers._max_abs_diff(default[0].params, new_state.params) < 1e-6
